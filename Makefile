@@ -1,0 +1,30 @@
+# The two commands of README.md. Both provision LibTorch first (PyTorch 2.9.0 from PyPI, once,
+# into ~/.local/share/grokforge; a no-op afterwards), then build with cargo.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+LIBTORCH_ENV := eval "$$(scripts/libtorch-env.sh)"
+BIND ?= 127.0.0.1:8080
+DATA_DIR ?= ./data
+
+.PHONY: run test build lint
+
+## Build and start a node on $(BIND) with the embedded defaults (SQLite under ./data, in-process bus).
+run:
+	@$(LIBTORCH_ENV); cargo build --bin grokforge
+	./target/debug/grokforge serve --bind $(BIND) --data-dir $(DATA_DIR)
+
+## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379;
+## .ci/run starts them when they are not running).
+test:
+	@$(LIBTORCH_ENV); \
+	if cargo nextest --version >/dev/null 2>&1; then \
+	  cargo nextest run --workspace --all-targets --no-fail-fast; \
+	else \
+	  cargo test --workspace --all-targets --no-fail-fast; \
+	fi
+
+build:
+	@$(LIBTORCH_ENV); cargo build --workspace --all-targets
+
+lint:
+	@$(LIBTORCH_ENV); cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,29 @@
+//! The supervised services of a grokforge node and what they share.
+//!
+//! * [`node`] — boots a node in dependency order and shuts it down in reverse.
+//! * [`supervisor`] — `NodeSupervisor`: one-for-one restarts under the same name, exponential
+//!   backoff, OTP restart intensity that escalates a storm into a node exit.
+//! * [`services`] — one actor per file: ModelService, TrainingService, MonitoringService,
+//!   WebSocketHub, Discovery.
+//! * [`bus`] and [`events`] — the `Event` vocabulary, its envelope and wire encodings, and the
+//!   local EventBus with bounded per-subscriber queues.
+//! * [`directory`] — how services find each other across restarts; request/reply with a
+//!   deadline.
+//! * [`health`] — checks aggregated over the seed's dependency graph.
+//! * [`resilience`] — circuit breaker and retry with an injectable clock.
+//! * [`metrics`] — the node's Prometheus registry and the internal events that feed it.
+
+pub mod bus;
+pub mod directory;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod node;
+pub mod resilience;
+pub mod services;
+pub mod supervisor;
+
+pub use directory::{CallError, ServiceDirectory, names};
+pub use events::{Event, EventEnvelope, HealthState, Topic};
+pub use metrics::NodeMetrics;
+pub use node::{BootError, Node};

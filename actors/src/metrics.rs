@@ -1,0 +1,182 @@
+//! The node's Prometheus metrics, and the internal events that move them.
+//!
+//! Each node owns one [`NodeMetrics`] (not a process-global registry), so two nodes in one test
+//! process never share counters. Following vector's `internal_events`, a thing that happens is
+//! one typed value whose `emit` writes both the log line and the metric, so the two never drift.
+//! Label values come from closed sets (actor names, event kinds, drop reasons): no unbounded
+//! label ever reaches the registry.
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::events::HealthState;
+
+#[derive(Clone)]
+pub struct NodeMetrics {
+    registry: Registry,
+    pub actor_restarts_total: IntCounterVec,
+    pub events_published_total: IntCounterVec,
+    pub events_dropped_total: IntCounterVec,
+    pub bus_subscribers: IntGauge,
+    pub service_health: IntGaugeVec,
+}
+
+impl NodeMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let actor_restarts_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_actor_restarts_total",
+                "Actor restarts by the node supervisor",
+            ),
+            &["actor"],
+        )
+        .expect("static metric definition");
+        let events_published_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_events_published_total",
+                "Events published on the local bus",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let events_dropped_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_events_dropped_total",
+                "Events or subscribers dropped, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let bus_subscribers = IntGauge::new(
+            "grokforge_bus_subscribers",
+            "Current local event bus subscribers",
+        )
+        .expect("static metric definition");
+        let service_health = IntGaugeVec::new(
+            Opts::new(
+                "grokforge_service_health",
+                "Service health: 0 healthy, 1 degraded, 2 unhealthy",
+            ),
+            &["service"],
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new("grokforge_build_info", "Build information; always 1"),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        for collector in [
+            Box::new(actor_restarts_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(events_published_total.clone()),
+            Box::new(events_dropped_total.clone()),
+            Box::new(bus_subscribers.clone()),
+            Box::new(service_health.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        NodeMetrics {
+            registry,
+            actor_restarts_total,
+            events_published_total,
+            events_dropped_total,
+            bus_subscribers,
+            service_health,
+        }
+    }
+
+    /// The registry, for other crates to register their own collectors and for `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The whole registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap_or_else(|e| format!("# error encoding metrics: {e}\n"))
+    }
+
+    pub fn set_service_health(&self, service: &str, state: HealthState) {
+        let value = match state {
+            HealthState::Healthy => 0,
+            HealthState::Degraded => 1,
+            HealthState::Unhealthy => 2,
+        };
+        self.service_health.with_label_values(&[service]).set(value);
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A supervised actor died and is being restarted.
+pub struct ActorRestarted<'a> {
+    pub actor: &'a str,
+    pub reason: &'a str,
+    pub restarts_in_period: usize,
+    pub backoff_ms: u128,
+}
+
+impl ActorRestarted<'_> {
+    pub fn emit(&self, metrics: &NodeMetrics) {
+        tracing::warn!(
+            actor = self.actor,
+            reason = self.reason,
+            restarts_in_period = self.restarts_in_period,
+            backoff_ms = self.backoff_ms as u64,
+            "actor died; restarting"
+        );
+        metrics
+            .actor_restarts_total
+            .with_label_values(&[self.actor])
+            .inc();
+    }
+}
+
+/// Why the bus dropped something. A closed set, used as the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A subscriber's queue was full: the subscriber is removed, the publisher never waits.
+    SlowSubscriber,
+    /// A subscriber went away without unsubscribing.
+    SubscriberGone,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowSubscriber => "slow_subscriber",
+            DropReason::SubscriberGone => "subscriber_gone",
+        }
+    }
+}
+
+pub struct SubscriberDropped<'a> {
+    pub subscriber: &'a str,
+    pub reason: DropReason,
+}
+
+impl SubscriberDropped<'_> {
+    pub fn emit(&self, metrics: &NodeMetrics) {
+        tracing::warn!(
+            subscriber = self.subscriber,
+            reason = self.reason.as_str(),
+            "bus subscriber dropped"
+        );
+        metrics
+            .events_dropped_total
+            .with_label_values(&[self.reason.as_str()])
+            .inc();
+    }
+}

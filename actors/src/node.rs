@@ -1,0 +1,310 @@
+//! Booting and stopping a node.
+//!
+//! Boot follows the dependency order of DESIGN.md: broker → database → the supervised
+//! services (EventBus, ModelService, TrainingService, MonitoringService, WebSocketHub,
+//! Discovery). A *configured* dependency that does not answer is retried with exponential
+//! backoff until the boot deadline, then boot fails with an error naming it. The gateway is
+//! started last by the caller, once [`Node::start`] has returned.
+//!
+//! Shutdown is the reverse, with a deadline: the caller stops the gateway, then
+//! [`Node::shutdown`] stops the services in reverse boot order and closes the database.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use grokforge_config::{ConfigManager, DatabaseKind, Settings};
+use grokforge_storage::{Database, DatabaseTarget};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorRef};
+
+use crate::bus::{self, EventBus, Publisher};
+use crate::directory::{ServiceDirectory, names};
+use crate::events::Event;
+use crate::metrics::NodeMetrics;
+use crate::resilience::{RetryPolicy, retry};
+use crate::services::discovery::{self, Discovery, NodeInfo};
+use crate::services::model::{self, ModelService};
+use crate::services::monitoring::{self, HealthProbe, MonitoringService};
+use crate::services::training::{self, TrainingService};
+use crate::services::websocket::{self, WebSocketHub};
+use crate::supervisor::{
+    self, ChildSpec, Escalation, NodeSupervisor, NodeSupervisorMessage, RestartPolicy,
+    SupervisorOutcome,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{dependency} did not answer within {waited_ms} ms: {last_error}")]
+    DependencyUnavailable {
+        dependency: String,
+        waited_ms: u128,
+        last_error: String,
+    },
+    #[error("cannot prepare data directory {path}: {error}")]
+    DataDir { path: String, error: String },
+    #[error("{0}")]
+    Supervisor(String),
+}
+
+/// A running node: its services, their directory and metrics.
+pub struct Node {
+    pub node_id: String,
+    pub settings: Settings,
+    pub directory: ServiceDirectory,
+    pub metrics: NodeMetrics,
+    pub database: Database,
+    /// Set by the gateway while it accepts connections (the `api` health check reads it).
+    pub api_listening: Arc<AtomicBool>,
+    /// Where the gateway listens, once bound (Discovery reports it).
+    pub api_address: Arc<OnceLock<String>>,
+    supervisor: ActorRef<NodeSupervisorMessage>,
+    supervisor_done: JoinHandle<()>,
+    outcome: SupervisorOutcome,
+}
+
+impl Node {
+    /// Boots the node. `boot_deadline` bounds the wait for configured dependencies.
+    pub async fn start(settings: Settings, boot_deadline: Duration) -> Result<Node, BootError> {
+        let node_id = settings
+            .node
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", uuid::Uuid::now_v7().simple()));
+        let data_dir = settings.data_dir().to_path_buf();
+        std::fs::create_dir_all(&data_dir).map_err(|e| BootError::DataDir {
+            path: data_dir.display().to_string(),
+            error: e.to_string(),
+        })?;
+
+        let redis = match &settings.broker.url {
+            Some(url) => Some(connect_redis(url, boot_deadline).await?),
+            None => None,
+        };
+        let database_config = ConfigManager::new(settings.clone()).database_config();
+        let target = match database_config.kind {
+            DatabaseKind::Sqlite { path } => DatabaseTarget::Sqlite(path),
+            DatabaseKind::Postgres { url } => DatabaseTarget::Postgres(url),
+        };
+        let database = retry_until(&format!("database {target}"), boot_deadline, || {
+            Database::connect(
+                &target,
+                settings.database.max_connections,
+                settings.database.connect_timeout(),
+            )
+        })
+        .await?;
+        tracing::info!(node_id, database = %target, broker = settings.broker.url.is_some(), "dependencies ready");
+
+        let directory = ServiceDirectory::new();
+        let metrics = NodeMetrics::new();
+        let api_listening = Arc::new(AtomicBool::new(false));
+        let api_address = Arc::new(OnceLock::new());
+        let publisher =
+            |service| Publisher::new(node_id.clone(), service, directory.clone(), metrics.clone());
+
+        let probe = HealthProbe {
+            node_id: node_id.clone(),
+            directory: directory.clone(),
+            database: database.clone(),
+            data_dir: data_dir.clone(),
+            redis,
+            api_listening: api_listening.clone(),
+            timeout: settings.monitoring.health_check_timeout(),
+        };
+        let this_node = NodeInfo {
+            node_id: node_id.clone(),
+            name: settings.node.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            address: None,
+            started_at: chrono::Utc::now(),
+        };
+
+        let bus_args = (metrics.clone(), settings.broker.subscriber_queue_capacity);
+        let model_args = model::Arguments {
+            database: database.clone(),
+            artifacts_dir: settings.artifacts_dir(),
+            publisher: publisher(names::MODEL_SERVICE),
+        };
+        let training_args = training::Arguments {
+            max_concurrent_jobs: settings.training.max_concurrent_jobs,
+            publisher: publisher(names::TRAINING_SERVICE),
+        };
+        let monitoring_args = monitoring::Arguments {
+            probe,
+            interval: settings.monitoring.health_check_interval(),
+            publisher: publisher(names::MONITORING_SERVICE),
+            metrics: metrics.clone(),
+        };
+        let discovery_node = this_node.clone();
+        let discovery_address = api_address.clone();
+        let children = vec![
+            ChildSpec::new(names::EVENT_BUS, move || {
+                (
+                    EventBus,
+                    bus::Arguments {
+                        metrics: bus_args.0.clone(),
+                        default_capacity: bus_args.1,
+                    },
+                )
+            }),
+            ChildSpec::new(names::MODEL_SERVICE, move || {
+                (ModelService, model_args.clone())
+            }),
+            ChildSpec::new(names::TRAINING_SERVICE, move || {
+                (TrainingService, training_args.clone())
+            }),
+            ChildSpec::new(names::MONITORING_SERVICE, move || {
+                (MonitoringService, monitoring_args.clone())
+            }),
+            ChildSpec::new(names::WEBSOCKET_HUB, || {
+                (WebSocketHub, websocket::Arguments)
+            }),
+            ChildSpec::new(names::DISCOVERY, move || {
+                (
+                    Discovery,
+                    discovery::Arguments {
+                        this_node: discovery_node.clone(),
+                        address: discovery_address.clone(),
+                    },
+                )
+            }),
+        ];
+
+        let outcome = SupervisorOutcome::default();
+        let node = &settings.node;
+        let policy = RestartPolicy {
+            intensity: node.restart_intensity,
+            period: node.restart_period(),
+            backoff_initial: node.restart_backoff_initial(),
+            backoff_max: node.restart_backoff_max(),
+            stop_timeout: node.shutdown_timeout() / 4,
+        };
+        let (supervisor, supervisor_done) = Actor::spawn(
+            Some(format!("{node_id}/node_supervisor")),
+            NodeSupervisor,
+            supervisor::Arguments {
+                scope: node_id.clone(),
+                children,
+                policy,
+                directory: directory.clone(),
+                metrics: metrics.clone(),
+                outcome: outcome.clone(),
+            },
+        )
+        .await
+        .map_err(|e| BootError::Supervisor(e.to_string()))?;
+
+        Publisher::new(node_id.clone(), "node", directory.clone(), metrics.clone()).publish(
+            Event::NodeJoined {
+                node_id: node_id.clone(),
+                address: None,
+            },
+        );
+
+        Ok(Node {
+            node_id,
+            settings,
+            directory,
+            metrics,
+            database,
+            api_listening,
+            api_address,
+            supervisor,
+            supervisor_done,
+            outcome,
+        })
+    }
+
+    pub fn supervisor(&self) -> &ActorRef<NodeSupervisorMessage> {
+        &self.supervisor
+    }
+
+    /// Resolves when the supervisor stops on its own: `Some` when a restart storm escalated.
+    pub async fn stopped(&mut self) -> Option<Escalation> {
+        let _ = (&mut self.supervisor_done).await;
+        self.outcome.escalation()
+    }
+
+    /// Stops the services in reverse boot order within `deadline`, then closes the database.
+    /// Returns the order in which the services were stopped.
+    pub async fn shutdown(mut self, deadline: Duration) -> Vec<&'static str> {
+        let order = match self
+            .supervisor
+            .call(NodeSupervisorMessage::Shutdown, Some(deadline))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(order)) => order,
+            _ => {
+                tracing::warn!("services did not stop within the deadline; killing them");
+                self.supervisor.kill();
+                Vec::new()
+            }
+        };
+        let _ = tokio::time::timeout(deadline, &mut self.supervisor_done).await;
+        self.database.close().await;
+        order
+    }
+}
+
+async fn connect_redis(url: &str, deadline: Duration) -> Result<redis::Client, BootError> {
+    let client = redis::Client::open(url).map_err(|e| BootError::DependencyUnavailable {
+        dependency: "broker".into(),
+        waited_ms: 0,
+        last_error: e.to_string(),
+    })?;
+    retry_until("broker (redis)", deadline, || {
+        let client = client.clone();
+        async move {
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        }
+    })
+    .await?;
+    Ok(client)
+}
+
+/// Retries `attempt` with exponential backoff and jitter until it succeeds or `deadline` has
+/// passed; then fails naming `dependency` and the last error.
+async fn retry_until<T, E, F, Fut>(
+    dependency: &str,
+    deadline: Duration,
+    mut attempt: F,
+) -> Result<T, BootError>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let policy = RetryPolicy {
+        max_attempts: u32::MAX,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        deadline: Some(deadline),
+        ..RetryPolicy::default()
+    };
+    let started = tokio::time::Instant::now();
+    let outcome = retry(&policy, |_: &String| true, |attempt_number| {
+        // One attempt may not outlive the boot deadline either.
+        let remaining = deadline.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let attempt = attempt();
+        async move {
+            match tokio::time::timeout(remaining, attempt).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(error)) => {
+                    tracing::warn!(dependency, attempt = attempt_number, %error, "dependency not ready");
+                    Err(error.to_string())
+                }
+                Err(_) => Err(format!("no answer within {} ms", remaining.as_millis())),
+            }
+        }
+    })
+    .await;
+    outcome.map_err(|error| BootError::DependencyUnavailable {
+        dependency: dependency.to_string(),
+        waited_ms: started.elapsed().as_millis(),
+        last_error: error.last,
+    })
+}

@@ -1,0 +1,423 @@
+//! The settings tree: one struct per section, with the built-in defaults.
+//!
+//! Durations are stored as integer milliseconds (`_ms`) because that is what a person writes in
+//! a TOML file or an environment variable; every such field has a helper named without the
+//! suffix that returns a [`Duration`], so code never multiplies by hand.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// All settings of one node. Build it with [`Settings::load`], which layers defaults, a TOML file
+/// and the environment, then validates the result.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub gateway: GatewaySettings,
+    pub broker: BrokerSettings,
+    pub database: DatabaseSettings,
+    pub storage: StorageSettings,
+    pub training: TrainingSettings,
+    pub monitoring: MonitoringSettings,
+    pub discovery: DiscoverySettings,
+}
+
+impl Settings {
+    /// The directory holding everything this node writes unless told otherwise.
+    pub fn data_dir(&self) -> &Path {
+        &self.node.data_dir
+    }
+
+    /// Where model artifacts (checkpoints, exports) are stored.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.storage
+            .artifacts_dir
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("artifacts"))
+    }
+
+    /// The SQLite database file used when no database URL is configured.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.node.data_dir.join("grokforge.sqlite3")
+    }
+}
+
+/// Identity of the node and how its supervisor treats failing children.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSettings {
+    /// `None` lets the binary generate an id at boot.
+    pub id: Option<String>,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub shutdown_timeout_ms: u64,
+    /// How long boot waits for configured dependencies (broker, database) before giving up.
+    pub boot_timeout_ms: u64,
+    /// OTP semantics: more than `restart_intensity` restarts within `restart_period_ms`
+    /// escalates to the parent instead of restarting again.
+    pub restart_intensity: u32,
+    pub restart_period_ms: u64,
+    pub restart_backoff_initial_ms: u64,
+    pub restart_backoff_max_ms: u64,
+    pub actor_call_timeout_ms: u64,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            id: None,
+            name: "grokforge-node".to_owned(),
+            data_dir: PathBuf::from("./data"),
+            shutdown_timeout_ms: 10_000,
+            boot_timeout_ms: 30_000,
+            restart_intensity: 5,
+            restart_period_ms: 10_000,
+            restart_backoff_initial_ms: 100,
+            restart_backoff_max_ms: 5_000,
+            actor_call_timeout_ms: 2_000,
+        }
+    }
+}
+
+impl NodeSettings {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn boot_timeout(&self) -> Duration {
+        Duration::from_millis(self.boot_timeout_ms)
+    }
+
+    pub fn restart_period(&self) -> Duration {
+        Duration::from_millis(self.restart_period_ms)
+    }
+
+    pub fn restart_backoff_initial(&self) -> Duration {
+        Duration::from_millis(self.restart_backoff_initial_ms)
+    }
+
+    pub fn restart_backoff_max(&self) -> Duration {
+        Duration::from_millis(self.restart_backoff_max_ms)
+    }
+
+    pub fn actor_call_timeout(&self) -> Duration {
+        Duration::from_millis(self.actor_call_timeout_ms)
+    }
+}
+
+/// The HTTP/WebSocket front door.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub bind: SocketAddr,
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: u64,
+    /// Serve `/metrics` without a token (for a scraper on a trusted network).
+    pub metrics_open: bool,
+    pub tokens: Vec<TokenSettings>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080)),
+            request_timeout_ms: 5_000,
+            max_body_bytes: 1_048_576,
+            metrics_open: false,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// A bearer token and what it may do.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    pub token: String,
+    pub role: Role,
+}
+
+// Settings end up in logs (`{:?}` at boot); a token must not.
+impl fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSettings")
+            .field("token", &REDACTED)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// What a token holder may do: `admin` everything, `user` start and cancel training and manage
+/// models, `read` only look.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    User,
+    Read,
+}
+
+/// The cluster message broker. Without a URL, events stay inside this process.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// `redis://` or `rediss://`; `None` runs the in-process bus only.
+    pub url: Option<String>,
+    pub channel: String,
+    /// Key for signing envelopes between nodes; required with `url`.
+    pub cluster_secret: Option<String>,
+    pub subscriber_queue_capacity: usize,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            channel: "grokforge:events".to_owned(),
+            cluster_secret: None,
+            subscriber_queue_capacity: 1024,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("channel", &self.channel)
+            .field(
+                "cluster_secret",
+                &self.cluster_secret.as_ref().map(|_| REDACTED),
+            )
+            .field("subscriber_queue_capacity", &self.subscriber_queue_capacity)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+/// The metadata database. Without a URL, a SQLite file in the data directory.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://`, `postgresql://` or `sqlite:`.
+    pub url: Option<String>,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+/// Where files go.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// `None` means `<data_dir>/artifacts`.
+    pub artifacts_dir: Option<PathBuf>,
+}
+
+/// How this node runs training jobs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingSettings {
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    pub max_concurrent_jobs: usize,
+    pub lease_duration_ms: u64,
+    pub max_attempts: u32,
+    pub checkpoint_every_steps: u64,
+    /// Upper bound on `TrainingProgress` events per job, so a fast model cannot flood the bus.
+    pub progress_events_per_second: u32,
+}
+
+impl Default for TrainingSettings {
+    fn default() -> Self {
+        Self {
+            device: "cpu".to_owned(),
+            max_concurrent_jobs: 1,
+            lease_duration_ms: 30_000,
+            max_attempts: 3,
+            checkpoint_every_steps: 500,
+            progress_events_per_second: 10,
+        }
+    }
+}
+
+impl TrainingSettings {
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_millis(self.lease_duration_ms)
+    }
+}
+
+/// Health checks over the node's services.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringSettings {
+    pub health_check_interval_ms: u64,
+    pub health_check_timeout_ms: u64,
+}
+
+impl Default for MonitoringSettings {
+    fn default() -> Self {
+        Self {
+            health_check_interval_ms: 5_000,
+            health_check_timeout_ms: 1_000,
+        }
+    }
+}
+
+impl MonitoringSettings {
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+
+    pub fn health_check_timeout(&self) -> Duration {
+        Duration::from_millis(self.health_check_timeout_ms)
+    }
+}
+
+/// How nodes find each other.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoverySettings {
+    pub heartbeat_interval_ms: u64,
+    /// A node silent for this long is considered gone.
+    pub ttl_ms: u64,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 2_000,
+            ttl_ms: 10_000,
+        }
+    }
+}
+
+impl DiscoverySettings {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+}
+
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// Hides the password in `scheme://user:password@host/...`, which is how both Redis and
+/// PostgreSQL URLs carry credentials.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    let authority = &url[authority_start..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    format!(
+        "{}{user}:{REDACTED}{}",
+        &url[..authority_start],
+        &url[authority_start + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("postgres://app:hunter2@db:5432/grok"),
+            "postgres://app:<redacted>@db:5432/grok"
+        );
+        assert_eq!(
+            redact_url("redis://:hunter2@redis:6379/0"),
+            "redis://:<redacted>@redis:6379/0"
+        );
+        assert_eq!(redact_url("redis://redis:6379"), "redis://redis:6379");
+        assert_eq!(redact_url("sqlite:data.db"), "sqlite:data.db");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let mut settings = Settings::default();
+        settings.broker.url = Some("redis://:pw-in-url@localhost".to_owned());
+        settings.broker.cluster_secret = Some("s3cr3t-s3cr3t-s3cr3t".to_owned());
+        settings.gateway.tokens.push(TokenSettings {
+            token: "tok-abcdef".to_owned(),
+            role: Role::Admin,
+        });
+        let debug = format!("{settings:?}");
+        for secret in ["pw-in-url", "s3cr3t", "tok-abcdef"] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
+        assert!(debug.contains("Admin"));
+    }
+
+    #[test]
+    fn derived_paths_follow_data_dir() {
+        let mut settings = Settings::default();
+        settings.node.data_dir = PathBuf::from("/var/lib/grokforge");
+        assert_eq!(settings.data_dir(), Path::new("/var/lib/grokforge"));
+        assert_eq!(
+            settings.artifacts_dir(),
+            Path::new("/var/lib/grokforge/artifacts")
+        );
+        assert_eq!(
+            settings.sqlite_path(),
+            Path::new("/var/lib/grokforge/grokforge.sqlite3")
+        );
+        settings.storage.artifacts_dir = Some(PathBuf::from("/mnt/artifacts"));
+        assert_eq!(settings.artifacts_dir(), Path::new("/mnt/artifacts"));
+    }
+}

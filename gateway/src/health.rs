@@ -1,0 +1,114 @@
+//! `/health`, `/ready`, `/metrics` and `/cluster/nodes`.
+
+use std::sync::atomic::Ordering;
+
+use grokforge_actors::health::HealthReport;
+use grokforge_actors::services::discovery::{DiscoveryMessage, NodeInfo};
+use grokforge_actors::services::monitoring::MonitoringServiceMessage;
+use grokforge_actors::{HealthState, names};
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::GatewayState;
+use crate::problem::Problem;
+
+async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
+    state
+        .directory
+        .call::<MonitoringServiceMessage, _, _>(
+            names::MONITORING_SERVICE,
+            MonitoringServiceMessage::CheckNow,
+            state.health_timeout,
+        )
+        .await
+        .map_err(|error| Problem::unavailable(format!("cannot check health: {error}"), 1))
+}
+
+/// Each service's state, the dependency graph and the overall status, from checks run now.
+/// 200 while the node is healthy or degraded, 503 when it is unhealthy.
+pub async fn health(state: GatewayState) -> Result<Response, warp::Rejection> {
+    Ok(match fresh_report(&state).await {
+        Ok(report) => {
+            let status = if report.status == HealthState::Unhealthy {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            warp::reply::with_status(warp::reply::json(&report), status).into_response()
+        }
+        Err(problem) => problem.into_response(),
+    })
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    node_id: String,
+    reasons: Vec<String>,
+}
+
+/// Whether the node accepts work: not draining, and the services that take work (training,
+/// model) and the database are not unhealthy.
+pub async fn ready(state: GatewayState) -> Result<Response, warp::Rejection> {
+    let mut reasons = Vec::new();
+    if state.shutting_down.load(Ordering::Acquire) {
+        reasons.push("node is shutting down".to_string());
+    }
+    match fresh_report(&state).await {
+        Ok(report) => {
+            let components = [
+                ("training", report.services.get("training")),
+                ("model", report.services.get("model")),
+                ("database", report.dependencies.get("database")),
+            ];
+            for (name, health) in components {
+                match health {
+                    Some(h) if h.status != HealthState::Unhealthy => {}
+                    Some(h) => reasons.push(format!(
+                        "{name} is unhealthy: {}",
+                        h.reason.as_deref().unwrap_or("no reason")
+                    )),
+                    None => reasons.push(format!("{name} was not checked")),
+                }
+            }
+        }
+        Err(problem) => reasons.push(problem.detail.unwrap_or_default()),
+    }
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Readiness {
+        ready,
+        node_id: state.node_id.clone(),
+        reasons,
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
+}
+
+pub fn metrics(state: GatewayState) -> Response {
+    warp::reply::with_header(
+        state.metrics.render(),
+        "content-type",
+        "text/plain; version=0.0.4",
+    )
+    .into_response()
+}
+
+pub async fn cluster_nodes(state: GatewayState) -> Result<Response, warp::Rejection> {
+    let nodes = state
+        .directory
+        .call::<DiscoveryMessage, Vec<NodeInfo>, _>(
+            names::DISCOVERY,
+            DiscoveryMessage::ListNodes,
+            state.call_timeout,
+        )
+        .await;
+    Ok(match nodes {
+        Ok(nodes) => warp::reply::json(&nodes).into_response(),
+        Err(error) => Problem::unavailable(error.to_string(), 1).into_response(),
+    })
+}

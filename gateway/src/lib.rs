@@ -1,0 +1,80 @@
+//! The HTTP face of a grokforge node, on warp.
+//!
+//! * [`routes`] — every route of the node, with errors as RFC 9457 problem details.
+//! * [`serve`] — serves the routes on a bound listener until a shutdown future resolves.
+//! * [`problem`] — the `application/problem+json` error body and the rejection handler.
+//!
+//! The gateway holds no state of its own: it calls the node's actors through the service
+//! directory, each call with a deadline.
+
+mod health;
+pub mod problem;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use grokforge_actors::{NodeMetrics, ServiceDirectory};
+use tokio::net::TcpListener;
+use warp::Filter;
+
+/// What the handlers need from the node.
+#[derive(Clone)]
+pub struct GatewayState {
+    pub node_id: String,
+    pub directory: ServiceDirectory,
+    pub metrics: NodeMetrics,
+    /// Deadline of a call from a handler to an actor.
+    pub call_timeout: Duration,
+    /// Deadline of a health round (the monitoring service's own check timeout plus margin).
+    pub health_timeout: Duration,
+    /// Set while the node drains: `/ready` answers 503 so load balancers stop sending work.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// All routes of the node.
+pub fn routes(
+    state: GatewayState,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let with_state = warp::any().map(move || state.clone());
+    let health = warp::path!("health")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(health::health);
+    let ready = warp::path!("ready")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(health::ready);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .map(health::metrics);
+    let nodes = warp::path!("cluster" / "nodes")
+        .and(warp::get())
+        .and(with_state)
+        .and_then(health::cluster_nodes);
+    health
+        .or(ready)
+        .or(metrics)
+        .or(nodes)
+        .recover(problem::recover)
+}
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight requests finish. `listening` is true while connections are accepted.
+pub async fn serve(
+    listener: TcpListener,
+    state: GatewayState,
+    listening: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    listening.store(true, Ordering::Release);
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    listening.store(false, Ordering::Release);
+}

@@ -1,0 +1,95 @@
+//! The `grokforge` binary: parses the command line and the configuration, sets up logging,
+//! and hands over to the libraries. Nothing else lives here.
+
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use grokforge_config::Settings;
+
+#[derive(Parser)]
+#[command(
+    name = "grokforge",
+    version,
+    about = "Train small language models with GrokFast"
+)]
+struct Cli {
+    /// Log format on stderr; the level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: the supervised services and the HTTP gateway.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (defaults → this file → GROKFORGE__SECTION__KEY variables).
+    #[arg(long, env = "GROKFORGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (printed as `listening on http://…`).
+    #[arg(long)]
+    bind: Option<std::net::SocketAddr>,
+    /// Where the node keeps its database, artifacts and exports.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => load_settings(&args).and_then(|settings| {
+            tokio::runtime::Runtime::new()
+                .context("cannot start the async runtime")?
+                .block_on(serve::run(settings))
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("grokforge: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Layers the settings, then lets the command-line flags override the file and environment.
+fn load_settings(args: &ServeArgs) -> anyhow::Result<Settings> {
+    let mut settings = Settings::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(bind) = args.bind {
+        settings.gateway.bind = bind;
+    }
+    if let Some(data_dir) = &args.data_dir {
+        settings.node.data_dir = data_dir.clone();
+    }
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,101 @@
+//! `grokforge serve`: boot the node, start the gateway last, and stop both in reverse order
+//! on SIGINT/SIGTERM or when the node's supervisor gives up.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use grokforge_actors::Node;
+use grokforge_config::Settings;
+use grokforge_gateway::GatewayState;
+use tokio::net::TcpListener;
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let bind = settings.gateway.bind;
+    let shutdown_timeout = settings.node.shutdown_timeout();
+    let boot_timeout = settings.node.boot_timeout();
+    let call_timeout = settings.node.actor_call_timeout();
+    let health_timeout = settings.monitoring.health_check_timeout() * 2;
+
+    // The training device is checked before anything starts: a node asked to train on a GPU
+    // that LibTorch cannot see should say so now, not at its first job.
+    let device = grokforge_training_core::parse_device(&settings.training.device)
+        .with_context(|| format!("training.device = {:?}", settings.training.device))?;
+    tracing::info!(backend = %grokforge_training_core::backend_description(&device), "training device");
+
+    let mut node = Node::start(settings, boot_timeout)
+        .await
+        .context("node failed to start")?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    let _ = node.api_address.set(format!("http://{address}"));
+
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let state = GatewayState {
+        node_id: node.node_id.clone(),
+        directory: node.directory.clone(),
+        metrics: node.metrics.clone(),
+        call_timeout,
+        health_timeout,
+        shutting_down: shutting_down.clone(),
+    };
+    let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
+    let gateway = tokio::spawn(grokforge_gateway::serve(
+        listener,
+        state,
+        node.api_listening.clone(),
+        async {
+            let _ = gateway_stopped.await;
+        },
+    ));
+    tracing::info!(node_id = %node.node_id, %address, "node ready");
+    println!("listening on http://{address}");
+    let _ = std::io::stdout().flush();
+
+    let escalation = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
+            None
+        }
+        escalation = node.stopped() => escalation,
+    };
+
+    // Reverse order: stop accepting, drain the gateway, then stop the services.
+    shutting_down.store(true, Ordering::Release);
+    let _ = stop_gateway.send(());
+    if tokio::time::timeout(shutdown_timeout / 2, gateway)
+        .await
+        .is_err()
+    {
+        tracing::warn!("gateway did not drain in time");
+    }
+    let order = node.shutdown(shutdown_timeout / 2).await;
+    tracing::info!(stopped = ?order, "node stopped");
+
+    match escalation {
+        Some(escalation) => Err(anyhow::anyhow!("node supervisor gave up: {escalation}")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM, with the signal's name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
