@@ -10,8 +10,7 @@ DATA_DIR ?= ./data
 
 ## Build and start a node on $(BIND) with the embedded defaults (SQLite under ./data, in-process bus).
 run:
-	@$(LIBTORCH_ENV); cargo build --bin grokforge
-	./target/debug/grokforge serve --bind $(BIND) --data-dir $(DATA_DIR)
+	@$(LIBTORCH_ENV); cargo run --bin grokforge -- serve --bind $(BIND) --data-dir $(DATA_DIR)
 
 ## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379;
 ## .ci/run starts them when they are not running).

@@ -24,6 +24,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("training.device = {:?}", settings.training.device))?;
     tracing::info!(backend = %grokforge_training_core::backend_description(&device), "training device");
 
+    let mut signals = ShutdownSignals::install()?;
     let mut node = Node::start(settings, boot_timeout)
         .await
         .context("node failed to start")?;
@@ -58,7 +59,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     let escalation = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = signals.recv() => {
             tracing::info!(signal, "shutting down");
             None
         }
@@ -83,19 +84,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM, with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
+/// SIGINT and SIGTERM, listened for from before the address is printed: a signal that arrives
+/// right after must start a clean shutdown, not kill the process with the default action.
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Resolves with the name of the first signal received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
     }
 }

@@ -355,7 +355,7 @@ impl RecipeObserver for Bars {
                 .as_ref()
                 .map(|e| format!("val acc {:.1}%", e.val_accuracy * 100.0))
                 .unwrap_or_default();
-            bar.abandon_with_message(format!("{acc}  ({:?})", result.stop));
+            bar.abandon_with_message(format!("{acc}  ({})", result.stop));
         }
     }
 }

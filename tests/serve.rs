@@ -35,14 +35,16 @@ fn grokforge() -> Command {
 /// Starts `grokforge serve` and returns once it printed its address, with the time it took.
 fn start() -> Server {
     let data = tempfile::tempdir().unwrap();
-    let mut child = grokforge()
+    let child = grokforge()
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("grokforge starts");
-    let stdout = child.stdout.take().unwrap();
+    // Owned by `Server` at once, so its Drop kills and reaps the process on every path.
+    let mut server = Server { child, base: String::new(), _data: data };
+    let stdout = server.child.stdout.take().unwrap();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -54,15 +56,10 @@ fn start() -> Server {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let line = receiver
-            .recv_timeout(remaining)
-            .expect("`listening on` within 60 s");
+        let line = receiver.recv_timeout(remaining).expect("`listening on` within 60 s");
         if let Some(base) = line.strip_prefix("listening on ") {
-            return Server {
-                child,
-                base: base.trim().to_string(),
-                _data: data,
-            };
+            server.base = base.trim().to_string();
+            return server;
         }
     }
 }

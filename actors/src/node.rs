@@ -66,16 +66,15 @@ pub struct Node {
 impl Node {
     /// Boots the node. `boot_deadline` bounds the wait for configured dependencies.
     pub async fn start(settings: Settings, boot_deadline: Duration) -> Result<Node, BootError> {
-        let node_id = settings
-            .node
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("node-{}", uuid::Uuid::now_v7().simple()));
         let data_dir = settings.data_dir().to_path_buf();
         std::fs::create_dir_all(&data_dir).map_err(|e| BootError::DataDir {
             path: data_dir.display().to_string(),
             error: e.to_string(),
         })?;
+        let node_id = match &settings.node.id {
+            Some(id) => id.clone(),
+            None => persistent_node_id(&data_dir)?,
+        };
 
         let redis = match &settings.broker.url {
             Some(url) => Some(connect_redis(url, boot_deadline).await?),
@@ -245,6 +244,28 @@ impl Node {
         self.database.close().await;
         order
     }
+}
+
+/// The node's id when none is configured: generated on first boot and kept in the data
+/// directory, so a node that restarts is the same node — it reclaims the jobs it owned.
+fn persistent_node_id(data_dir: &std::path::Path) -> Result<String, BootError> {
+    let path = data_dir.join("node-id");
+    let error = |e: std::io::Error| BootError::DataDir {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let id = format!("node-{}", uuid::Uuid::now_v7().simple());
+    // Written atomically: a crash mid-write must not leave an empty id behind.
+    let temp = data_dir.join(".node-id.tmp");
+    std::fs::write(&temp, &id).map_err(error)?;
+    std::fs::rename(&temp, &path).map_err(error)?;
+    Ok(id)
 }
 
 async fn connect_redis(url: &str, deadline: Duration) -> Result<redis::Client, BootError> {

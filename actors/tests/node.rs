@@ -203,6 +203,29 @@ async fn a_crashed_service_is_restarted_and_a_storm_stops_the_node() {
 }
 
 #[tokio::test]
+async fn a_node_keeps_its_generated_id_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Node::start(settings(dir.path()), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let id = first.node_id.clone();
+    first.shutdown(Duration::from_secs(5)).await;
+    let second = Node::start(settings(dir.path()), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(second.node_id, id);
+    second.shutdown(Duration::from_secs(5)).await;
+
+    let mut configured = settings(dir.path());
+    configured.node.id = Some("configured-node".into());
+    let third = Node::start(configured, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(third.node_id, "configured-node");
+    third.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn shutdown_runs_in_reverse_boot_order() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(settings(dir.path()), Duration::from_secs(10))
