@@ -25,7 +25,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(backend = %grokforge_training_core::backend_description(&device), "training device");
 
     let mut signals = ShutdownSignals::install()?;
-    let mut node = Node::start(settings, boot_timeout)
+    let mut node = Node::start(settings, device, boot_timeout)
         .await
         .context("node failed to start")?;
     let listener = TcpListener::bind(bind)

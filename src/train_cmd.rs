@@ -36,6 +36,9 @@ pub struct TrainArgs {
     /// The JSONL field holding the text.
     #[arg(long)]
     text_field: Option<String>,
+    /// A Hugging Face tokenizer.json for --text (default: byte-level).
+    #[arg(long, requires = "text")]
+    tokenizer: Option<PathBuf>,
     /// Sequence length for text.
     #[arg(long)]
     seq_len: Option<usize>,
@@ -145,7 +148,7 @@ impl TrainArgs {
             checkpoint_every,
             device
         );
-        set_option!(lamb, weight_decay, stop_at_val_acc, out, threads);
+        set_option!(lamb, weight_decay, stop_at_val_acc, out, threads, tokenizer);
         if let Some(kind) = &self.grokfast {
             spec.grokfast = kind.parse::<GrokFastKind>()?;
         }

@@ -43,7 +43,11 @@ fn start() -> Server {
         .spawn()
         .expect("grokforge starts");
     // Owned by `Server` at once, so its Drop kills and reaps the process on every path.
-    let mut server = Server { child, base: String::new(), _data: data };
+    let mut server = Server {
+        child,
+        base: String::new(),
+        _data: data,
+    };
     let stdout = server.child.stdout.take().unwrap();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -56,7 +60,9 @@ fn start() -> Server {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let line = receiver.recv_timeout(remaining).expect("`listening on` within 60 s");
+        let line = receiver
+            .recv_timeout(remaining)
+            .expect("`listening on` within 60 s");
         if let Some(base) = line.strip_prefix("listening on ") {
             server.base = base.trim().to_string();
             return server;

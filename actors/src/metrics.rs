@@ -6,7 +6,10 @@
 //! Label values come from closed sets (actor names, event kinds, drop reasons): no unbounded
 //! label ever reaches the registry.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 
 use crate::events::HealthState;
 
@@ -18,6 +21,13 @@ pub struct NodeMetrics {
     pub events_dropped_total: IntCounterVec,
     pub bus_subscribers: IntGauge,
     pub service_health: IntGaugeVec,
+    /// Job state transitions on this node, by the state entered.
+    pub jobs_total: IntCounterVec,
+    pub training_steps_total: IntCounter,
+    pub training_loss: Gauge,
+    pub training_accuracy: Gauge,
+    pub training_step_duration_seconds: Histogram,
+    pub checkpoints_written_total: IntCounter,
 }
 
 impl NodeMetrics {
@@ -69,6 +79,43 @@ impl NodeMetrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
 
+        let jobs_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_jobs_total",
+                "Job state transitions on this node, by the state entered",
+            ),
+            &["status"],
+        )
+        .expect("static metric definition");
+        let training_steps_total = IntCounter::new(
+            "grokforge_training_steps_total",
+            "Optimizer steps taken by this node's jobs",
+        )
+        .expect("static metric definition");
+        let training_loss = Gauge::new(
+            "grokforge_training_loss",
+            "Training loss of the latest reported step",
+        )
+        .expect("static metric definition");
+        let training_accuracy = Gauge::new(
+            "grokforge_training_accuracy",
+            "Training accuracy of the latest reported step",
+        )
+        .expect("static metric definition");
+        let training_step_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "grokforge_training_step_duration_seconds",
+                "Duration of one optimizer step",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 16).expect("static buckets")),
+        )
+        .expect("static metric definition");
+        let checkpoints_written_total = IntCounter::new(
+            "grokforge_checkpoints_written_total",
+            "Training checkpoints written",
+        )
+        .expect("static metric definition");
+
         for collector in [
             Box::new(actor_restarts_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_published_total.clone()),
@@ -76,6 +123,12 @@ impl NodeMetrics {
             Box::new(bus_subscribers.clone()),
             Box::new(service_health.clone()),
             Box::new(build_info),
+            Box::new(jobs_total.clone()),
+            Box::new(training_steps_total.clone()),
+            Box::new(training_loss.clone()),
+            Box::new(training_accuracy.clone()),
+            Box::new(training_step_duration_seconds.clone()),
+            Box::new(checkpoints_written_total.clone()),
         ] {
             registry
                 .register(collector)
@@ -88,6 +141,12 @@ impl NodeMetrics {
             events_dropped_total,
             bus_subscribers,
             service_health,
+            jobs_total,
+            training_steps_total,
+            training_loss,
+            training_accuracy,
+            training_step_duration_seconds,
+            checkpoints_written_total,
         }
     }
 

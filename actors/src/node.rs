@@ -14,7 +14,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use grokforge_config::{ConfigManager, DatabaseKind, Settings};
+use grokforge_storage::jobs::JobRepository;
 use grokforge_storage::{Database, DatabaseTarget};
+use grokforge_training_core::Device;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorRef};
 
@@ -65,7 +67,11 @@ pub struct Node {
 
 impl Node {
     /// Boots the node. `boot_deadline` bounds the wait for configured dependencies.
-    pub async fn start(settings: Settings, boot_deadline: Duration) -> Result<Node, BootError> {
+    pub async fn start(
+        settings: Settings,
+        device: Device,
+        boot_deadline: Duration,
+    ) -> Result<Node, BootError> {
         let data_dir = settings.data_dir().to_path_buf();
         std::fs::create_dir_all(&data_dir).map_err(|e| BootError::DataDir {
             path: data_dir.display().to_string(),
@@ -126,8 +132,17 @@ impl Node {
             publisher: publisher(names::MODEL_SERVICE),
         };
         let training_args = training::Arguments {
-            max_concurrent_jobs: settings.training.max_concurrent_jobs,
+            node_id: node_id.clone(),
+            jobs: JobRepository::new(database.clone()),
+            settings: settings.training.clone(),
+            device,
+            work_dir: data_dir.join("jobs"),
+            cache_dir: data_dir.join("cache"),
+            directory: directory.clone(),
             publisher: publisher(names::TRAINING_SERVICE),
+            metrics: metrics.clone(),
+            // Leases are renewed three times per lease period, so one slow tick never loses one.
+            tick: settings.training.lease_duration() / 3,
         };
         let monitoring_args = monitoring::Arguments {
             probe,

@@ -19,6 +19,10 @@ fn settings(data_dir: &std::path::Path) -> Settings {
     settings
 }
 
+fn cpu() -> grokforge_training_core::Device {
+    grokforge_training_core::parse_device("cpu").unwrap()
+}
+
 fn redis_url() -> String {
     std::env::var("GROKFORGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -45,7 +49,7 @@ async fn wait_until<F: AsyncFnMut() -> bool>(what: &str, deadline: Duration, mut
 #[tokio::test]
 async fn a_node_boots_and_its_health_comes_from_real_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(settings(dir.path()), Duration::from_secs(10))
+    let node = Node::start(settings(dir.path()), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     assert!(
@@ -107,7 +111,7 @@ async fn a_node_boots_and_its_health_comes_from_real_checks() {
 #[tokio::test]
 async fn health_changes_are_published_on_the_bus() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(settings(dir.path()), Duration::from_secs(10))
+    let node = Node::start(settings(dir.path()), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     let request = SubscribeRequest {
@@ -148,7 +152,9 @@ async fn a_crashed_service_is_restarted_and_a_storm_stops_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = settings(dir.path());
     config.node.restart_intensity = 1;
-    let mut node = Node::start(config, Duration::from_secs(10)).await.unwrap();
+    let mut node = Node::start(config, cpu(), Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let first = node
         .directory
@@ -205,12 +211,12 @@ async fn a_crashed_service_is_restarted_and_a_storm_stops_the_node() {
 #[tokio::test]
 async fn a_node_keeps_its_generated_id_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Node::start(settings(dir.path()), Duration::from_secs(10))
+    let first = Node::start(settings(dir.path()), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     let id = first.node_id.clone();
     first.shutdown(Duration::from_secs(5)).await;
-    let second = Node::start(settings(dir.path()), Duration::from_secs(10))
+    let second = Node::start(settings(dir.path()), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(second.node_id, id);
@@ -218,7 +224,7 @@ async fn a_node_keeps_its_generated_id_across_restarts() {
 
     let mut configured = settings(dir.path());
     configured.node.id = Some("configured-node".into());
-    let third = Node::start(configured, Duration::from_secs(10))
+    let third = Node::start(configured, cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(third.node_id, "configured-node");
@@ -228,7 +234,7 @@ async fn a_node_keeps_its_generated_id_across_restarts() {
 #[tokio::test]
 async fn shutdown_runs_in_reverse_boot_order() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(settings(dir.path()), Duration::from_secs(10))
+    let node = Node::start(settings(dir.path()), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     let order = node.shutdown(Duration::from_secs(5)).await;
@@ -251,7 +257,7 @@ async fn a_configured_redis_is_checked_and_a_missing_one_fails_boot_by_name() {
     let mut config = settings(dir.path());
     config.broker.url = Some(redis_url());
     config.broker.cluster_secret = Some("a-test-cluster-secret".into());
-    let node = Node::start(config.clone(), Duration::from_secs(10))
+    let node = Node::start(config.clone(), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(
@@ -262,7 +268,7 @@ async fn a_configured_redis_is_checked_and_a_missing_one_fails_boot_by_name() {
 
     config.broker.url = Some("redis://127.0.0.1:1".into());
     let started = std::time::Instant::now();
-    let error = Node::start(config, Duration::from_millis(800))
+    let error = Node::start(config, cpu(), Duration::from_millis(800))
         .await
         .err()
         .expect("boot fails");
@@ -284,7 +290,7 @@ async fn a_configured_postgres_is_used_and_a_missing_one_fails_boot_by_name() {
         std::env::var("GROKFORGE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
     );
-    let node = Node::start(config.clone(), Duration::from_secs(10))
+    let node = Node::start(config.clone(), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(node.database.kind(), "postgres");
@@ -296,7 +302,7 @@ async fn a_configured_postgres_is_used_and_a_missing_one_fails_boot_by_name() {
 
     config.database.url = Some("postgres://postgres@127.0.0.1:1/test".into());
     config.database.connect_timeout_ms = 200;
-    let error = Node::start(config, Duration::from_millis(800))
+    let error = Node::start(config, cpu(), Duration::from_millis(800))
         .await
         .err()
         .expect("boot fails");

@@ -51,6 +51,8 @@ pub struct TrainSpec {
     pub text: Option<PathBuf>,
     /// The JSONL field holding the text.
     pub text_field: String,
+    /// A Hugging Face `tokenizer.json` for `text`; default the byte-level tokenizer.
+    pub tokenizer: Option<PathBuf>,
     /// Sequence length for text.
     pub seq_len: usize,
     /// Share of the examples used for training; default 0.5 for algorithmic tasks (the paper's
@@ -124,6 +126,7 @@ impl Default for TrainSpec {
             dataset: None,
             text: None,
             text_field: "text".to_string(),
+            tokenizer: None,
             seq_len: 64,
             train_fraction: None,
             steps: 1000,
@@ -183,6 +186,12 @@ impl TrainSpec {
             ));
         }
         self.data_source()?;
+        if self.tokenizer.is_some() && self.text.is_none() {
+            return Err(Error::invalid(
+                "tokenizer",
+                "only applies to `text` datasets",
+            ));
+        }
         let positive = [
             ("steps", self.steps as usize),
             ("variants", self.variants),
@@ -235,10 +244,13 @@ impl TrainSpec {
     /// Where the data comes from.
     pub fn data_source(&self) -> Result<DataSource> {
         match (&self.text, &self.dataset) {
-            (Some(path), _) => Ok(DataSource::Text(TextSource::from_path(
-                path,
-                &self.text_field,
-            ))),
+            (Some(path), _) => {
+                let source = TextSource::from_path(path, &self.text_field);
+                Ok(DataSource::Text(match &self.tokenizer {
+                    Some(tokenizer) => source.with_tokenizer_json(tokenizer),
+                    None => source,
+                }))
+            }
             (None, Some(spec)) => Ok(DataSource::Algorithmic(spec.parse::<ModularTask>()?)),
             (None, None) => Ok(DataSource::Algorithmic(DEFAULT_DATASET.parse()?)),
         }

@@ -230,6 +230,16 @@ pub enum StopReason {
     },
 }
 
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StopReason::Completed => "completed",
+            StopReason::ReachedTarget => "reached the target accuracy",
+            StopReason::Cancelled { .. } => "cancelled",
+        })
+    }
+}
+
 /// The result of [`Trainer::run`].
 #[derive(Debug, Clone)]
 pub struct RunOutcome {

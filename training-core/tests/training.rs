@@ -394,3 +394,45 @@ fn cognate_trains_variants_marks_a_winner_and_resumes_after_cancel() {
     }
     assert!(out.path().join("summary.json").exists());
 }
+
+#[test]
+fn a_text_run_predicts_every_next_byte_and_reports_perplexity() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.jsonl");
+    let line = "{\"text\": \"the quick brown fox jumps over the lazy dog\"}\n";
+    std::fs::write(&corpus, line.repeat(20)).unwrap();
+    let spec = TrainSpec {
+        dataset: None,
+        text: Some(corpus),
+        seq_len: 16,
+        steps: 3,
+        eval_every: 3,
+        ..tiny_spec()
+    };
+    let device = parse_device("cpu").unwrap();
+    let data = Arc::new(
+        Dataset::prepare(
+            &spec.data_source().unwrap(),
+            &spec
+                .dataset_options(Some(dir.path().join("cache")))
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    let config = spec.run_config(0, &data).unwrap();
+    assert_eq!(config.model.vocab_size, 257);
+    assert_eq!(config.model.max_seq_len, 16);
+    let mut trainer = Trainer::new(config, data, &device).unwrap();
+    let outcome = trainer
+        .run(&RunControl::default(), &mut NoopObserver)
+        .unwrap();
+    let eval = outcome.final_eval.unwrap();
+    let perplexity = eval.val_perplexity.expect("text runs report perplexity");
+    assert!((perplexity - eval.val_loss.exp()).abs() < 1e-9);
+    // Untrained on 257 byte values: the loss is near ln 257 ≈ 5.5.
+    assert!(
+        eval.val_loss > 3.0 && eval.val_loss < 9.0,
+        "{}",
+        eval.val_loss
+    );
+}

@@ -1,6 +1,7 @@
 //! The services a node supervises, one actor per file.
 
 pub mod discovery;
+pub mod job_worker;
 pub mod model;
 pub mod monitoring;
 pub mod training;

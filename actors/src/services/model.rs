@@ -1,19 +1,69 @@
-//! `ModelService`: owns the model registry's storage. For now it opens and owns the artifact
-//! directory next to the metadata database and answers liveness probes; the registry
-//! operations (save, list, export) arrive with the registry.
+//! `ModelService`: the node's model registry behind a mailbox — save, get, list, mark winner,
+//! record handoffs, delete and export — with model metadata cached in memory.
+//!
+//! Cache invariant: every request that changes the registry (save, mark winner, handoff,
+//! delete) runs inside this actor's handler and clears the whole cache when it returns,
+//! successful or not; handlers run one at a time, so a read served from the cache never
+//! predates a change made through this node. Changes made elsewhere (another node, the CLI on
+//! the same data directory) are not seen by the cache, so entries also expire after
+//! [`CACHE_TTL`], which bounds how stale such a read can be.
+//!
+//! File work (hashing, copying) happens on blocking threads inside the registry. An export can
+//! take long, so it runs as a task owned by the actor (aborted when the actor stops) that
+//! answers the caller itself, keeping the mailbox free for reads meanwhile.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use grokforge_storage::Database;
+use grokforge_storage::{
+    ArtifactStore, Compression, Database, ExportFormat, ExportRecord, HandoffRecord, ModelFilter,
+    ModelRecord, ModelRegistry, NewModel, StorageError, WinnerChange,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinSet;
+use uuid::Uuid;
 
 use super::Pingable;
 use crate::bus::Publisher;
+use crate::events::Event;
+
+/// How long a cached read may be served without asking the database again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Bounds on the cache, whatever the filters callers send: past them it is cleared.
+const MAX_CACHED_MODELS: usize = 4096;
+const MAX_CACHED_LISTS: usize = 128;
 
 pub struct ModelService;
 
+/// Every registry request is answered with the storage's result; the error says which model
+/// or request was at fault (`StorageError::is_client_error` tells a 4xx from a 5xx).
+pub type Reply<T> = RpcReplyPort<Result<T, StorageError>>;
+
 pub enum ModelServiceMessage {
     Ping(RpcReplyPort<()>),
+    /// Stores a trained model; publishes `ModelSaved`.
+    Save(Box<NewModel>, Reply<ModelRecord>),
+    Get(Uuid, Reply<ModelRecord>),
+    List(ModelFilter, Reply<Vec<ModelRecord>>),
+    /// Makes the model the one winner of its phase.
+    MarkWinner(Uuid, Reply<WinnerChange>),
+    /// Records models of one phase as the inputs of the next; publishes `ModelHandoff`.
+    Handoff {
+        from_phase: String,
+        to_phase: String,
+        model_ids: Vec<Uuid>,
+        reply: Reply<HandoffRecord>,
+    },
+    Delete(Uuid, Reply<ModelRecord>),
+    /// Packages models under `<artifacts>/exports/`; unknown ids are refused by id.
+    Export {
+        model_ids: Vec<Uuid>,
+        format: ExportFormat,
+        compression: Compression,
+        reply: Reply<ExportRecord>,
+    },
+    GetExport(Uuid, Reply<ExportRecord>),
 }
 
 impl Pingable for ModelServiceMessage {
@@ -29,9 +79,70 @@ pub struct Arguments {
     pub publisher: Publisher,
 }
 
+struct Cached<T> {
+    value: T,
+    at: Instant,
+}
+
+impl<T: Clone> Cached<T> {
+    fn fresh(&self) -> Option<T> {
+        (self.at.elapsed() < CACHE_TTL).then(|| self.value.clone())
+    }
+}
+
+#[derive(Default)]
+struct MetadataCache {
+    models: HashMap<Uuid, Cached<ModelRecord>>,
+    lists: HashMap<ModelFilter, Cached<Vec<ModelRecord>>>,
+}
+
+impl MetadataCache {
+    fn model(&self, id: Uuid) -> Option<ModelRecord> {
+        self.models.get(&id).and_then(Cached::fresh)
+    }
+
+    fn list(&self, filter: &ModelFilter) -> Option<Vec<ModelRecord>> {
+        self.lists.get(filter).and_then(Cached::fresh)
+    }
+
+    fn put_model(&mut self, record: &ModelRecord) {
+        if self.models.len() >= MAX_CACHED_MODELS {
+            self.models.clear();
+        }
+        self.models.insert(
+            record.id,
+            Cached {
+                value: record.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn put_list(&mut self, filter: ModelFilter, records: &[ModelRecord]) {
+        if self.lists.len() >= MAX_CACHED_LISTS {
+            self.lists.clear();
+        }
+        self.lists.insert(
+            filter,
+            Cached {
+                value: records.to_vec(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn invalidate(&mut self) {
+        self.models.clear();
+        self.lists.clear();
+    }
+}
+
 pub struct ModelServiceState {
-    #[allow(dead_code)] // used by the registry operations
-    arguments: Arguments,
+    registry: ModelRegistry,
+    publisher: Publisher,
+    cache: MetadataCache,
+    /// Exports in flight; aborted when the actor stops.
+    exports: JoinSet<()>,
 }
 
 impl Actor for ModelService {
@@ -44,26 +155,127 @@ impl Actor for ModelService {
         _myself: ActorRef<Self::Msg>,
         arguments: Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        tokio::fs::create_dir_all(&arguments.artifacts_dir)
-            .await
+        let store = ArtifactStore::new(&arguments.artifacts_dir);
+        let layout = store.clone();
+        tokio::task::spawn_blocking(move || layout.ensure_layout())
+            .await?
             .map_err(|e| {
                 format!(
                     "cannot create artifacts dir {}: {e}",
                     arguments.artifacts_dir.display()
                 )
             })?;
-        Ok(ModelServiceState { arguments })
+        Ok(ModelServiceState {
+            registry: ModelRegistry::new(arguments.database, store),
+            publisher: arguments.publisher,
+            cache: MetadataCache::default(),
+            exports: JoinSet::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A cut-short export leaves only a `.tmp-` package, which gc removes.
+        state.exports.abort_all();
+        Ok(())
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Reap finished exports so the set does not grow.
+        while state.exports.try_join_next().is_some() {}
+        let registry = &state.registry;
         match message {
             ModelServiceMessage::Ping(reply) => {
                 let _ = reply.send(());
+            }
+            ModelServiceMessage::Get(id, reply) => {
+                let result = match state.cache.model(id) {
+                    Some(record) => Ok(record),
+                    None => registry.get(id).await.inspect(|r| state.cache.put_model(r)),
+                };
+                let _ = reply.send(result);
+            }
+            ModelServiceMessage::List(filter, reply) => {
+                let result = match state.cache.list(&filter) {
+                    Some(records) => Ok(records),
+                    None => registry
+                        .list(&filter)
+                        .await
+                        .inspect(|records| state.cache.put_list(filter, records)),
+                };
+                let _ = reply.send(result);
+            }
+            ModelServiceMessage::Save(model, reply) => {
+                let result = registry.save(*model).await;
+                state.cache.invalidate();
+                if let Ok(record) = &result {
+                    state.publisher.publish(Event::ModelSaved {
+                        model_id: record.id,
+                        name: record.name.clone(),
+                        phase: record.phase.clone(),
+                        version: record.version,
+                        sha256: record.sha256.clone(),
+                        job_id: record.job_id,
+                    });
+                }
+                let _ = reply.send(result);
+            }
+            ModelServiceMessage::MarkWinner(id, reply) => {
+                let result = registry.mark_winner(id).await;
+                state.cache.invalidate();
+                let _ = reply.send(result);
+            }
+            ModelServiceMessage::Handoff {
+                from_phase,
+                to_phase,
+                model_ids,
+                reply,
+            } => {
+                let result = registry
+                    .record_handoff(&from_phase, &to_phase, &model_ids)
+                    .await;
+                state.cache.invalidate();
+                if let Ok(handoff) = &result {
+                    state.publisher.publish(Event::ModelHandoff {
+                        from_phase: handoff.from_phase.clone(),
+                        to_phase: handoff.to_phase.clone(),
+                        model_ids: handoff.model_ids.clone(),
+                    });
+                }
+                let _ = reply.send(result);
+            }
+            ModelServiceMessage::Delete(id, reply) => {
+                let result = registry.delete(id).await;
+                state.cache.invalidate();
+                let _ = reply.send(result);
+            }
+            ModelServiceMessage::Export {
+                model_ids,
+                format,
+                compression,
+                reply,
+            } => {
+                let registry = registry.clone();
+                state.exports.spawn(async move {
+                    let result = registry
+                        .export_models(&model_ids, format, compression)
+                        .await;
+                    if let Err(error) = &result {
+                        tracing::warn!(error = %error, "export failed");
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+            ModelServiceMessage::GetExport(id, reply) => {
+                let _ = reply.send(registry.get_export(id).await);
             }
         }
         Ok(())

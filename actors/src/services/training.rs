@@ -1,15 +1,92 @@
-//! `TrainingService`: will own the durable job queue and its workers. Until the job queue
-//! exists it answers liveness probes only; it accepts no work it could not do.
+//! `TrainingService`: the durable job queue of a node and the workers that run its jobs.
+//!
+//! A job is a database row first (`queued`); the service claims jobs with a lease while it has
+//! room (`training.max_concurrent_jobs`), runs each in a [`JobWorker`] on its own OS thread,
+//! renews the leases on every tick, and turns the workers' reports into job events. Every job
+//! event is appended to the job's event log — which assigns its sequence number — before it is
+//! published, so a client that reconnects with `since=<seq>` can catch up from the log.
+//!
+//! At the end of a run the trained variants go to the registry through the ModelService
+//! (`ModelSaved`, winner marked, handoff to the next phase recorded), then the job completes.
+//!
+//! Crash safety: the node reclaims the jobs it owned when it boots (they resume from their last
+//! checkpoint); a job whose owner stopped renewing its lease is claimable by any node once the
+//! lease expires. The worker's output directory is `<data_dir>/jobs/<job id>`, the same on
+//! every attempt, so a resumed run finds its finished variants and its checkpoints.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use grokforge_config::TrainingSettings;
+use grokforge_storage::StorageError;
+use grokforge_storage::jobs::{JobEvent, JobFilter, JobRecord, JobRepository, JobStatus, NewJob};
+use grokforge_storage::queue::{Finish, Renewal};
+use grokforge_training_core::{Device, Phase, PhaseError, PhaseOutcome, PhaseStatus, TrainSpec};
+use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use uuid::Uuid;
 
 use super::Pingable;
+use super::job_worker::{JobRun, JobWorker, WorkerReport};
+use super::model::ModelServiceMessage;
 use crate::bus::Publisher;
+use crate::directory::{ServiceDirectory, names};
+use crate::events::Event;
+use crate::metrics::NodeMetrics;
 
 pub struct TrainingService;
 
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error(transparent)]
+    Phase(#[from] PhaseError),
+    #[error("invalid training spec: {0}")]
+    InvalidSpec(String),
+    #[error("job {0} not found")]
+    JobNotFound(Uuid),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// A phase's jobs and models at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseSummary {
+    pub phase: Phase,
+    pub has_recipe: bool,
+    pub jobs_by_status: HashMap<String, usize>,
+    pub latest_job: Option<JobRecord>,
+}
+
 pub enum TrainingServiceMessage {
     Ping(RpcReplyPort<()>),
+    StartJob {
+        phase: Phase,
+        spec: Box<TrainSpec>,
+        priority: i64,
+        reply: RpcReplyPort<Result<JobRecord, TrainingError>>,
+    },
+    GetJob(Uuid, RpcReplyPort<Result<JobRecord, TrainingError>>),
+    ListJobs(
+        JobFilter,
+        RpcReplyPort<Result<Vec<JobRecord>, TrainingError>>,
+    ),
+    CancelJob(Uuid, RpcReplyPort<Result<JobRecord, TrainingError>>),
+    JobEvents {
+        job_id: Uuid,
+        since: u64,
+        reply: RpcReplyPort<Result<Vec<JobEvent>, TrainingError>>,
+    },
+    PhaseStatus(Phase, RpcReplyPort<Result<PhaseSummary, TrainingError>>),
+    /// Internal: renew leases, notice cancel requests, claim work.
+    Tick,
+    /// Internal: a worker's report.
+    Worker {
+        job_id: Uuid,
+        attempt: u32,
+        report: WorkerReport,
+    },
     /// Test hook for supervision: the handler panics, as a bug in a handler would.
     #[doc(hidden)]
     Crash(String),
@@ -23,13 +100,31 @@ impl Pingable for TrainingServiceMessage {
 
 #[derive(Clone)]
 pub struct Arguments {
-    pub max_concurrent_jobs: usize,
+    pub node_id: String,
+    pub jobs: JobRepository,
+    pub settings: TrainingSettings,
+    pub device: Device,
+    /// `<data_dir>/jobs`: one work directory per job.
+    pub work_dir: PathBuf,
+    /// Prepared-dataset cache.
+    pub cache_dir: PathBuf,
+    pub directory: ServiceDirectory,
     pub publisher: Publisher,
+    pub metrics: NodeMetrics,
+    /// How often leases are renewed and the queue is polled.
+    pub tick: Duration,
+}
+
+struct RunningJob {
+    worker: JobWorker,
+    phase: Phase,
+    last_step: u64,
 }
 
 pub struct TrainingServiceState {
-    #[allow(dead_code)] // used by the job queue
-    arguments: Arguments,
+    args: Arguments,
+    running: HashMap<Uuid, RunningJob>,
+    ticker: Option<JoinHandle<()>>,
 }
 
 impl Actor for TrainingService {
@@ -39,24 +134,699 @@ impl Actor for TrainingService {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        arguments: Arguments,
+        myself: ActorRef<Self::Msg>,
+        args: Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(TrainingServiceState { arguments })
+        std::fs::create_dir_all(&args.work_dir)
+            .map_err(|e| format!("cannot create {}: {e}", args.work_dir.display()))?;
+        // Whatever this node was running when it (or this actor) died goes back to the queue and
+        // resumes from its checkpoint.
+        let reclaimed = args.jobs.reclaim_owned(&args.node_id).await?;
+        if !reclaimed.is_empty() {
+            tracing::warn!(jobs = ?reclaimed, "reclaimed jobs interrupted on this node; they resume from their checkpoints");
+        }
+        let ticker = myself.send_interval(args.tick, || TrainingServiceMessage::Tick);
+        let _ = myself.cast(TrainingServiceMessage::Tick);
+        Ok(TrainingServiceState {
+            args,
+            running: HashMap::new(),
+            ticker: Some(ticker),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        // Running jobs stop at their next step and write a checkpoint; their rows stay
+        // `running` under this node, so the next boot (or another node, once the lease
+        // expires) resumes them.
+        let workers: Vec<JobWorker> = state.running.drain().map(|(_, job)| job.worker).collect();
+        let deadline = state.args.settings.lease_duration();
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                if !worker.stop(deadline) {
+                    tracing::warn!("a training thread did not stop in time");
+                }
+            }
+        })
+        .await;
+        Ok(())
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             TrainingServiceMessage::Ping(reply) => {
                 let _ = reply.send(());
             }
+            TrainingServiceMessage::StartJob {
+                phase,
+                spec,
+                priority,
+                reply,
+            } => {
+                let result = state.start_job(phase, *spec, priority).await;
+                let started = result.is_ok();
+                let _ = reply.send(result);
+                if started {
+                    state.fill(&myself).await;
+                }
+            }
+            TrainingServiceMessage::GetJob(id, reply) => {
+                let _ = reply.send(state.get(id).await);
+            }
+            TrainingServiceMessage::ListJobs(filter, reply) => {
+                let _ = reply.send(state.args.jobs.list(&filter).await.map_err(Into::into));
+            }
+            TrainingServiceMessage::CancelJob(id, reply) => {
+                let result = state.cancel(id).await;
+                let _ = reply.send(result);
+            }
+            TrainingServiceMessage::JobEvents {
+                job_id,
+                since,
+                reply,
+            } => {
+                let result = match state.get(job_id).await {
+                    Ok(_) => state
+                        .args
+                        .jobs
+                        .events_since(job_id, since, 100_000)
+                        .await
+                        .map_err(Into::into),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            TrainingServiceMessage::PhaseStatus(phase, reply) => {
+                let _ = reply.send(state.phase_status(phase).await);
+            }
+            TrainingServiceMessage::Tick => {
+                state.renew().await;
+                state.fill(&myself).await;
+            }
+            TrainingServiceMessage::Worker {
+                job_id,
+                attempt,
+                report,
+            } => {
+                state.on_report(&myself, job_id, attempt, report).await;
+            }
             TrainingServiceMessage::Crash(why) => panic!("{why}"),
         }
         Ok(())
     }
+}
+
+impl TrainingServiceState {
+    async fn start_job(
+        &self,
+        phase: Phase,
+        spec: TrainSpec,
+        priority: i64,
+    ) -> Result<JobRecord, TrainingError> {
+        grokforge_training_core::recipe_for(phase)?;
+        let mut spec = TrainSpec { phase, ..spec };
+        // The node decides where its jobs run and where their files go.
+        spec.out = None;
+        spec.resume = None;
+        spec.device = self.args.settings.device.clone();
+        spec.validate()
+            .map_err(|e| TrainingError::InvalidSpec(e.to_string()))?;
+        let spec =
+            serde_json::to_value(&spec).map_err(|e| TrainingError::InvalidSpec(e.to_string()))?;
+        let job = self
+            .args
+            .jobs
+            .insert(NewJob {
+                phase: phase.to_string(),
+                spec,
+                priority,
+                max_attempts: self.args.settings.max_attempts,
+            })
+            .await?;
+        tracing::info!(job_id = %job.id, %phase, priority, "job queued");
+        self.args
+            .metrics
+            .jobs_total
+            .with_label_values(&["queued"])
+            .inc();
+        Ok(job)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<JobRecord, TrainingError> {
+        self.args
+            .jobs
+            .find(id)
+            .await?
+            .ok_or(TrainingError::JobNotFound(id))
+    }
+
+    async fn cancel(&mut self, id: Uuid) -> Result<JobRecord, TrainingError> {
+        self.get(id).await?;
+        let job = self.args.jobs.request_cancel(id).await?;
+        if let Some(running) = self.running.get(&id) {
+            running.worker.cancel();
+        }
+        if job.status == JobStatus::Cancelled && !self.running.contains_key(&id) {
+            self.emit(
+                id,
+                Event::TrainingCancelled {
+                    job_id: id,
+                    step: 0,
+                },
+            )
+            .await;
+        }
+        Ok(job)
+    }
+
+    async fn phase_status(&self, phase: Phase) -> Result<PhaseSummary, TrainingError> {
+        let jobs = self
+            .args
+            .jobs
+            .list(&JobFilter {
+                phase: Some(phase.to_string()),
+                ..JobFilter::default()
+            })
+            .await?;
+        let mut jobs_by_status = HashMap::new();
+        for job in &jobs {
+            *jobs_by_status
+                .entry(job.status.as_str().to_string())
+                .or_insert(0) += 1;
+        }
+        Ok(PhaseSummary {
+            phase,
+            has_recipe: grokforge_training_core::recipe_for(phase).is_ok(),
+            jobs_by_status,
+            latest_job: jobs.into_iter().next(),
+        })
+    }
+
+    fn lease_until(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+            + chrono::Duration::from_std(self.args.settings.lease_duration())
+                .unwrap_or(chrono::Duration::seconds(30))
+    }
+
+    /// Renews the lease of every running job; stops a job whose lease was lost or whose cancel
+    /// was requested (possibly by another node).
+    async fn renew(&mut self) {
+        let ids: Vec<Uuid> = self.running.keys().copied().collect();
+        for id in ids {
+            let renewal = self
+                .args
+                .jobs
+                .renew_lease(id, &self.args.node_id, self.lease_until())
+                .await;
+            match renewal {
+                Ok(Renewal::Renewed {
+                    cancel_requested: true,
+                }) => {
+                    if let Some(job) = self.running.get(&id) {
+                        job.worker.cancel();
+                    }
+                }
+                Ok(Renewal::Renewed { .. }) => {}
+                Ok(Renewal::LeaseLost) => {
+                    tracing::warn!(job_id = %id, "lease lost to another node; stopping the local run");
+                    if let Some(job) = self.running.remove(&id) {
+                        job.worker.cancel();
+                    }
+                }
+                Err(error) => tracing::warn!(job_id = %id, %error, "cannot renew lease"),
+            }
+        }
+    }
+
+    /// Claims queued jobs while there is room.
+    async fn fill(&mut self, myself: &ActorRef<TrainingServiceMessage>) {
+        while self.running.len() < self.args.settings.max_concurrent_jobs {
+            let live = vec![self.args.node_id.clone()];
+            let claimed = self
+                .args
+                .jobs
+                .claim_next(&self.args.node_id, &live, self.lease_until())
+                .await;
+            let job = match claimed {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim a job");
+                    return;
+                }
+            };
+            if let Err(error) = self.launch(myself, &job).await {
+                tracing::error!(job_id = %job.id, %error, "cannot start the job's worker");
+                let _ = self
+                    .args
+                    .jobs
+                    .finish(
+                        job.id,
+                        &self.args.node_id,
+                        Finish::Failed {
+                            error: error.clone(),
+                        },
+                    )
+                    .await;
+                self.emit(
+                    job.id,
+                    Event::TrainingFailed {
+                        job_id: job.id,
+                        attempt: job.attempts,
+                        error,
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn launch(
+        &mut self,
+        myself: &ActorRef<TrainingServiceMessage>,
+        job: &JobRecord,
+    ) -> Result<(), String> {
+        let phase: Phase = job.phase.parse().map_err(|e: PhaseError| e.to_string())?;
+        let mut spec: TrainSpec = serde_json::from_value(job.spec.clone())
+            .map_err(|e| format!("stored spec is unreadable: {e}"))?;
+        let out = self.args.work_dir.join(job.id.to_string());
+        spec.out = Some(out);
+        spec.resume = job
+            .last_checkpoint_path
+            .as_ref()
+            .map(PathBuf::from)
+            .filter(|p| p.exists());
+        spec.checkpoint_every = spec
+            .checkpoint_every
+            .min(self.args.settings.checkpoint_every_steps)
+            .max(1);
+        let resumed_from = spec.resume.clone();
+        let attempt = job.attempts;
+        let job_id = job.id;
+        let reply_to = myself.clone();
+        let worker = JobWorker::spawn(
+            JobRun {
+                job_id,
+                attempt,
+                phase,
+                spec,
+                device: self.args.device.clone(),
+                cache_dir: Some(self.args.cache_dir.clone()),
+                progress_per_second: self.args.settings.progress_events_per_second,
+            },
+            move |report| {
+                let _ = reply_to.cast(TrainingServiceMessage::Worker {
+                    job_id,
+                    attempt,
+                    report,
+                });
+            },
+        )
+        .map_err(|e| format!("cannot spawn the training thread: {e}"))?;
+        tracing::info!(%job_id, attempt, resumed_from = ?resumed_from, "job started");
+        self.running.insert(
+            job_id,
+            RunningJob {
+                worker,
+                phase,
+                last_step: 0,
+            },
+        );
+        self.args
+            .metrics
+            .jobs_total
+            .with_label_values(&["running"])
+            .inc();
+        self.emit(
+            job_id,
+            Event::TrainingStarted {
+                job_id,
+                phase: phase.to_string(),
+                attempt,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Appends the event to the job's log (which numbers it), then publishes it.
+    async fn emit(&self, job_id: Uuid, event: Event) {
+        let envelope = self.args.publisher.envelope(event);
+        let logged = self
+            .args
+            .jobs
+            .append_event(job_id, |seq| {
+                serde_json::to_value(envelope.clone().with_seq(seq))
+                    .unwrap_or(serde_json::Value::Null)
+            })
+            .await;
+        match logged {
+            Ok(logged) => self
+                .args
+                .publisher
+                .publish_envelope(envelope.with_seq(logged.seq)),
+            Err(error) => {
+                // Never publish what the log does not have: a reconnecting client could not
+                // replay it.
+                tracing::error!(%job_id, %error, "cannot append job event; not publishing it");
+                self.args
+                    .metrics
+                    .events_dropped_total
+                    .with_label_values(&["event_log_unavailable"])
+                    .inc();
+            }
+        }
+    }
+
+    async fn on_report(
+        &mut self,
+        myself: &ActorRef<TrainingServiceMessage>,
+        job_id: Uuid,
+        attempt: u32,
+        report: WorkerReport,
+    ) {
+        // Reports of a run we no longer own (lease lost, stale attempt) are ignored.
+        let Some(running) = self
+            .running
+            .get_mut(&job_id)
+            .filter(|r| r.worker.attempt == attempt)
+        else {
+            return;
+        };
+        let node = self.args.node_id.clone();
+        match report {
+            WorkerReport::VariantStarted {
+                variant,
+                start_step,
+            } => {
+                tracing::info!(%job_id, variant, start_step, "variant started");
+            }
+            WorkerReport::Progress(p) => {
+                let steps = p.step.saturating_sub(running.last_step);
+                running.last_step = p.step;
+                let metrics = &self.args.metrics;
+                metrics.training_steps_total.inc_by(steps);
+                metrics.training_loss.set(p.loss);
+                metrics.training_accuracy.set(p.accuracy);
+                if p.steps_per_second > 0.0 {
+                    metrics
+                        .training_step_duration_seconds
+                        .observe(1.0 / p.steps_per_second);
+                }
+                let event = Event::TrainingProgress {
+                    job_id,
+                    variant: p.variant as u32,
+                    step: p.step,
+                    total_steps: p.total_steps,
+                    loss: p.loss,
+                    accuracy: Some(p.accuracy),
+                    val_loss: p.val_loss,
+                    val_accuracy: p.val_accuracy,
+                    learning_rate: p.learning_rate,
+                    steps_per_second: p.steps_per_second,
+                };
+                if let Ok(progress) = serde_json::to_value(&event) {
+                    let _ = self
+                        .args
+                        .jobs
+                        .record_progress(job_id, &node, &progress["data"])
+                        .await;
+                }
+                self.emit(job_id, event).await;
+            }
+            WorkerReport::Checkpoint {
+                variant,
+                step,
+                path,
+            } => {
+                self.args.metrics.checkpoints_written_total.inc();
+                let _ = self
+                    .args
+                    .jobs
+                    .record_checkpoint(job_id, &node, &path.to_string_lossy())
+                    .await;
+                let sha256 = tokio::task::spawn_blocking(move || file_sha256(&path))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                self.emit(
+                    job_id,
+                    Event::CheckpointSaved {
+                        job_id,
+                        variant: variant as u32,
+                        step,
+                        sha256,
+                    },
+                )
+                .await;
+            }
+            WorkerReport::VariantEnded(result) => {
+                tracing::info!(%job_id, variant = result.index, steps = result.steps, stop = ?result.stop, "variant ended");
+            }
+            WorkerReport::Finished(outcome) => {
+                let Some(running) = self.running.remove(&job_id) else {
+                    return;
+                };
+                let phase = running.phase;
+                let last_step = running.last_step;
+                // The thread has returned its outcome; reap it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || {
+                    running.worker.stop(Duration::from_secs(5))
+                })
+                .await;
+                self.finish(job_id, attempt, phase, last_step, outcome)
+                    .await;
+                self.fill(myself).await;
+            }
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        job_id: Uuid,
+        attempt: u32,
+        phase: Phase,
+        last_step: u64,
+        outcome: Result<Box<PhaseOutcome>, String>,
+    ) {
+        let node = self.args.node_id.clone();
+        let outcome = match outcome {
+            Ok(outcome) => match outcome.status {
+                PhaseStatus::Completed => self.register_models(job_id, phase, &outcome).await,
+                PhaseStatus::Cancelled { .. } => {
+                    self.emit(
+                        job_id,
+                        Event::TrainingCancelled {
+                            job_id,
+                            step: last_step,
+                        },
+                    )
+                    .await;
+                    let _ = self
+                        .args
+                        .jobs
+                        .finish(job_id, &node, Finish::Cancelled)
+                        .await;
+                    self.args
+                        .metrics
+                        .jobs_total
+                        .with_label_values(&["cancelled"])
+                        .inc();
+                    return;
+                }
+            },
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok((model_ids, winner)) => {
+                self.emit(
+                    job_id,
+                    Event::TrainingCompleted {
+                        job_id,
+                        model_ids,
+                        winner,
+                    },
+                )
+                .await;
+                let _ = self
+                    .args
+                    .jobs
+                    .finish(job_id, &node, Finish::Completed)
+                    .await;
+                self.args
+                    .metrics
+                    .jobs_total
+                    .with_label_values(&["completed"])
+                    .inc();
+                tracing::info!(%job_id, "job completed");
+            }
+            Err(error) => {
+                tracing::warn!(%job_id, attempt, %error, "job attempt failed");
+                self.emit(
+                    job_id,
+                    Event::TrainingFailed {
+                        job_id,
+                        attempt,
+                        error: error.clone(),
+                    },
+                )
+                .await;
+                match self
+                    .args
+                    .jobs
+                    .finish(job_id, &node, Finish::Failed { error })
+                    .await
+                {
+                    Ok(job) if job.status == JobStatus::Failed => {
+                        self.args
+                            .metrics
+                            .jobs_total
+                            .with_label_values(&["failed"])
+                            .inc();
+                    }
+                    Ok(_) => tracing::info!(%job_id, "job requeued for another attempt"),
+                    Err(error) => tracing::error!(%job_id, %error, "cannot record the failure"),
+                }
+            }
+        }
+    }
+
+    /// Saves every variant in the registry through the ModelService, marks the winner and
+    /// hands the winner over to the next phase.
+    async fn register_models(
+        &self,
+        job_id: Uuid,
+        phase: Phase,
+        outcome: &PhaseOutcome,
+    ) -> Result<(Vec<Uuid>, Option<Uuid>), String> {
+        let timeout = Duration::from_secs(60);
+        let mut model_ids = Vec::new();
+        let mut winner = None;
+        for variant in &outcome.variants {
+            let dir = variant
+                .dir
+                .clone()
+                .ok_or("the recipe kept no files for a variant")?;
+            let files = tokio::task::spawn_blocking(move || read_variant_files(&dir))
+                .await
+                .map_err(|e| e.to_string())??;
+            let model = grokforge_storage::models::NewModel {
+                name: format!("{phase}-{}", variant.name),
+                phase: phase.to_string(),
+                parent_ids: Vec::new(),
+                job_id: Some(job_id),
+                format: "burn-record".into(),
+                config: serde_json::to_value(&variant.config).map_err(|e| e.to_string())?,
+                metrics: serde_json::json!({
+                    "steps": variant.steps,
+                    "num_params": variant.num_params,
+                    "final_eval": variant.final_eval,
+                    "reached_target_at_step": variant.history.reached_target_at_step,
+                }),
+                tags: vec![phase.to_string()],
+                files,
+            };
+            let saved = self
+                .args
+                .directory
+                .call::<ModelServiceMessage, _, _>(
+                    names::MODEL_SERVICE,
+                    |reply| ModelServiceMessage::Save(Box::new(model), reply),
+                    timeout,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("saving {}: {e}", variant.name))?;
+            if variant.winner {
+                winner = Some(saved.id);
+            }
+            model_ids.push(saved.id);
+        }
+        if let Some(winner) = winner {
+            self.args
+                .directory
+                .call::<ModelServiceMessage, _, _>(
+                    names::MODEL_SERVICE,
+                    |reply| ModelServiceMessage::MarkWinner(winner, reply),
+                    timeout,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("marking the winner: {e}"))?;
+            if let Some(next) = next_phase(phase) {
+                self.args
+                    .directory
+                    .call::<ModelServiceMessage, _, _>(
+                        names::MODEL_SERVICE,
+                        |reply| ModelServiceMessage::Handoff {
+                            from_phase: phase.to_string(),
+                            to_phase: next.to_string(),
+                            model_ids: vec![winner],
+                            reply,
+                        },
+                        timeout,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("recording the handoff: {e}"))?;
+            }
+        }
+        Ok((model_ids, winner))
+    }
+}
+
+/// The phase that takes a phase's models, in the Agent Forge pipeline's order.
+fn next_phase(phase: Phase) -> Option<Phase> {
+    const ORDER: [&str; 8] = [
+        "cognate",
+        "evomerge",
+        "quietstar",
+        "bitnet",
+        "forge-training",
+        "tool-persona",
+        "adas",
+        "final-compression",
+    ];
+    let index = ORDER.iter().position(|name| *name == phase.as_str())?;
+    ORDER.get(index + 1).and_then(|name| name.parse().ok())
+}
+
+/// The files of a trained variant, primary (the Burn record) first.
+fn read_variant_files(
+    dir: &std::path::Path,
+) -> Result<Vec<grokforge_storage::models::NewModelFile>, String> {
+    let mut files = Vec::new();
+    for name in [
+        "model.bpk",
+        "model.json",
+        "run.json",
+        "metrics.json",
+        "model.safetensors",
+    ] {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => files.push(grokforge_storage::models::NewModelFile::new(name, bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "model.safetensors" => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Ok(files)
+}
+
+fn file_sha256(path: &std::path::Path) -> Option<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).ok()?;
+    Some(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }

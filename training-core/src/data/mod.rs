@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 pub use algorithmic::{ModularTask, Operation};
-pub use text::{TextFormat, TextSource};
+pub use text::{TextFormat, TextSource, TokenizerKind};
 
 /// Where a run's data comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,12 +1,15 @@
-//! Text corpora from local files, tokenized at the byte level and cached by content hash.
+//! Text corpora from local files, tokenized and cached by content hash.
 //!
 //! A UTF-8 text file is one token stream. A JSONL file contributes the string in one named field
-//! of every line, each record followed by an end-of-text token. Tokens are the UTF-8 bytes
-//! (0–255) plus end-of-text (256). The stream is cut into windows of `seq_len + 1` tokens (input
-//! and the next token at each position); windows are split into training and validation by the
-//! seeded split. The tokenized stream is cached under `cache_dir/<sha256>.tokens`, where the hash
-//! covers the file's bytes and every setting that changes the tokens, so a changed file or setting
-//! never reuses a stale cache. Bad input is reported with the file and line.
+//! of every line, each record followed by an end-of-text token. The tokenizer is byte-level by
+//! default (tokens are the UTF-8 bytes 0–255 plus end-of-text 256), or a Hugging Face
+//! `tokenizer.json` (feature `hf-tokenizer`), whose end-of-text is the first of `</s>`,
+//! `<|endoftext|>`, `<eos>`, `[SEP]` it knows. The stream is cut into windows of `seq_len + 1`
+//! tokens (input and the next token at each position); windows are split into training and
+//! validation by the seeded split. The tokenized stream is cached under
+//! `cache_dir/<sha256>.tokens`, where the hash covers the file's bytes, the tokenizer's bytes and
+//! every setting that changes the tokens, so a changed file or setting never reuses a stale cache.
+//! Bad input is reported with the file and line.
 
 use std::fs;
 use std::io::Write;
@@ -36,6 +39,20 @@ pub enum TextFormat {
     },
 }
 
+/// How text becomes tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// UTF-8 bytes plus end-of-text: 257 tokens.
+    #[default]
+    Bytes,
+    /// A Hugging Face `tokenizer.json`.
+    Json {
+        /// The `tokenizer.json` file.
+        path: PathBuf,
+    },
+}
+
 /// A local text corpus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TextSource {
@@ -43,6 +60,9 @@ pub struct TextSource {
     pub path: PathBuf,
     /// Its layout.
     pub format: TextFormat,
+    /// The tokenizer.
+    #[serde(default)]
+    pub tokenizer: TokenizerKind,
 }
 
 impl TextSource {
@@ -56,20 +76,31 @@ impl TextSource {
             },
             _ => TextFormat::Plain,
         };
-        Self { path, format }
+        Self {
+            path,
+            format,
+            tokenizer: TokenizerKind::Bytes,
+        }
+    }
+
+    /// The same source read with the `tokenizer.json` at `path`.
+    pub fn with_tokenizer_json(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tokenizer = TokenizerKind::Json { path: path.into() };
+        self
     }
 }
 
 /// Version of the cache layout and tokenizer; part of the hash.
-const CACHE_VERSION: &str = "grokforge-bytes-v1";
-const CACHE_MAGIC: &[u8; 8] = b"GFTOKv01";
+const CACHE_VERSION: &str = "grokforge-text-v2";
+const CACHE_MAGIC: &[u8; 8] = b"GFTOKv02";
 
 pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<Dataset> {
     if options.seq_len == 0 {
         return Err(Error::invalid("seq_len", "must be positive"));
     }
     let bytes = fs::read(&source.path).map_err(|e| Error::io("reading", &source.path, e))?;
-    let key = cache_key(&bytes, &source.format);
+    let tokenizer = Tokenizer::load(&source.tokenizer)?;
+    let key = cache_key(&bytes, &source.format, &tokenizer.fingerprint);
     let cached = options
         .cache_dir
         .as_ref()
@@ -81,7 +112,7 @@ pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<D
             tokens
         }
         None => {
-            let tokens = tokenize(&source.path, &bytes, &source.format)?;
+            let tokens = tokenize(&source.path, &bytes, &source.format, &tokenizer)?;
             if let Some(path) = &cached {
                 // A cache that cannot be written only costs time next run.
                 if let Err(error) = write_cache(path, &tokens) {
@@ -121,7 +152,7 @@ pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<D
     };
     Ok(Dataset {
         source: DataSource::Text(source.clone()),
-        vocab_size: BYTE_VOCAB_SIZE,
+        vocab_size: tokenizer.vocab_size,
         seq_len: seq,
         target: Target::NextToken,
         train: gather(&train_rows),
@@ -129,31 +160,114 @@ pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<D
     })
 }
 
-fn cache_key(bytes: &[u8], format: &TextFormat) -> String {
+fn cache_key(bytes: &[u8], format: &TextFormat, tokenizer: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(CACHE_VERSION.as_bytes());
     hasher.update(serde_json::to_vec(format).unwrap_or_default());
+    hasher.update(tokenizer.as_bytes());
     hasher.update(bytes);
     hex(&hasher.finalize())
+}
+
+/// A loaded tokenizer.
+struct Tokenizer {
+    /// What identifies its behaviour in the cache key.
+    fingerprint: String,
+    vocab_size: usize,
+    end_of_text: Option<u32>,
+    engine: Engine,
+}
+
+enum Engine {
+    Bytes,
+    #[cfg(feature = "hf-tokenizer")]
+    Json(Box<tokenizers::Tokenizer>, PathBuf),
+}
+
+impl Tokenizer {
+    fn load(kind: &TokenizerKind) -> Result<Self> {
+        match kind {
+            TokenizerKind::Bytes => Ok(Self {
+                fingerprint: "bytes".to_string(),
+                vocab_size: BYTE_VOCAB_SIZE,
+                end_of_text: Some(END_OF_TEXT),
+                engine: Engine::Bytes,
+            }),
+            #[cfg(feature = "hf-tokenizer")]
+            TokenizerKind::Json { path } => {
+                let bytes = fs::read(path).map_err(|e| Error::io("reading tokenizer", path, e))?;
+                let tokenizer =
+                    tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::DataFile {
+                        path: path.clone(),
+                        line: 1,
+                        reason: format!("not a usable tokenizer.json: {e}"),
+                    })?;
+                let end_of_text = ["</s>", "<|endoftext|>", "<eos>", "[SEP]"]
+                    .iter()
+                    .find_map(|token| tokenizer.token_to_id(token));
+                Ok(Self {
+                    fingerprint: format!("json:{}", hex(&Sha256::digest(&bytes))),
+                    vocab_size: tokenizer.get_vocab_size(true),
+                    end_of_text,
+                    engine: Engine::Json(Box::new(tokenizer), path.clone()),
+                })
+            }
+            #[cfg(not(feature = "hf-tokenizer"))]
+            TokenizerKind::Json { path } => Err(Error::DataFile {
+                path: path.clone(),
+                line: 1,
+                reason: "this build has no tokenizer.json support (feature `hf-tokenizer`)"
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Appends the tokens of `text` (which came from `line` of `path`) to `out`.
+    #[cfg_attr(not(feature = "hf-tokenizer"), allow(unused_variables))]
+    fn encode(&self, text: &str, path: &Path, line: usize, out: &mut Vec<u32>) -> Result<()> {
+        match &self.engine {
+            Engine::Bytes => {
+                out.extend(text.bytes().map(u32::from));
+                Ok(())
+            }
+            #[cfg(feature = "hf-tokenizer")]
+            Engine::Json(tokenizer, tokenizer_path) => {
+                let encoding = tokenizer.encode(text, false).map_err(|e| Error::DataFile {
+                    path: path.to_path_buf(),
+                    line,
+                    reason: format!("{} cannot encode it: {e}", tokenizer_path.display()),
+                })?;
+                out.extend_from_slice(encoding.get_ids());
+                Ok(())
+            }
+        }
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn tokenize(path: &Path, bytes: &[u8], format: &TextFormat) -> Result<Vec<u32>> {
+fn tokenize(
+    path: &Path,
+    bytes: &[u8],
+    format: &TextFormat,
+    tokenizer: &Tokenizer,
+) -> Result<Vec<u32>> {
     match format {
         TextFormat::Plain => {
-            if let Err(error) = std::str::from_utf8(bytes) {
+            let text = std::str::from_utf8(bytes).map_err(|error| {
                 let offset = error.valid_up_to();
                 let line = 1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count();
-                return Err(Error::DataFile {
+                Error::DataFile {
                     path: path.to_path_buf(),
                     line,
                     reason: format!("invalid UTF-8 at byte {offset}"),
-                });
-            }
-            Ok(bytes.iter().map(|&b| u32::from(b)).collect())
+                }
+            })?;
+            let mut tokens = Vec::with_capacity(bytes.len());
+            tokenizer.encode(text, path, 1, &mut tokens)?;
+            Ok(tokens)
         }
         TextFormat::Jsonl { field } => {
             let mut tokens = Vec::with_capacity(bytes.len());
@@ -177,8 +291,8 @@ fn tokenize(path: &Path, bytes: &[u8], format: &TextFormat) -> Result<Vec<u32>> 
                     .ok_or_else(|| bad(format!("no field {field:?}")))?
                     .as_str()
                     .ok_or_else(|| bad(format!("field {field:?} is not a string")))?;
-                tokens.extend(content.bytes().map(u32::from));
-                tokens.push(END_OF_TEXT);
+                tokenizer.encode(content, path, line, &mut tokens)?;
+                tokens.extend(tokenizer.end_of_text);
             }
             Ok(tokens)
         }
@@ -190,23 +304,22 @@ fn read_cache(path: &Path) -> Option<Vec<u32>> {
     let body = bytes.strip_prefix(CACHE_MAGIC.as_slice())?;
     let (len, body) = body.split_first_chunk::<8>()?;
     let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
-    if body.len() != len.checked_mul(2)? {
+    if body.len() != len.checked_mul(4)? {
         return None;
     }
-    // u16 is enough for the byte vocabulary.
     Some(
-        body.chunks_exact(2)
-            .map(|c| u32::from(u16::from_le_bytes([c[0], c[1]])))
+        body.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     )
 }
 
 fn write_cache(path: &Path, tokens: &[u32]) -> std::io::Result<()> {
-    let mut body = Vec::with_capacity(16 + tokens.len() * 2);
+    let mut body = Vec::with_capacity(16 + tokens.len() * 4);
     body.extend_from_slice(CACHE_MAGIC);
     body.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
     for &token in tokens {
-        body.extend_from_slice(&(token as u16).to_le_bytes());
+        body.extend_from_slice(&token.to_le_bytes());
     }
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
@@ -290,6 +403,55 @@ mod tests {
         assert!(matches!(
             Dataset::prepare(&source, &options(None)),
             Err(Error::DataFile { line: 3, .. })
+        ));
+    }
+
+    #[cfg(feature = "hf-tokenizer")]
+    #[test]
+    fn a_tokenizer_json_sets_the_vocabulary_and_the_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = dir.path().join("tokenizer.json");
+        fs::write(
+            &tokenizer,
+            r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+                "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+                "post_processor": null, "decoder": null,
+                "model": {"type": "WordLevel", "unk_token": "[UNK]",
+                          "vocab": {"[UNK]": 0, "</s>": 1, "the": 2, "cat": 3, "sat": 4}}}"#,
+        )
+        .unwrap();
+        let corpus = dir.path().join("docs.jsonl");
+        fs::write(&corpus, "{\"text\": \"the cat sat\"}\n".repeat(12)).unwrap();
+        let source = DataSource::Text(
+            TextSource::from_path(&corpus, "text").with_tokenizer_json(&tokenizer),
+        );
+        let data = Dataset::prepare(
+            &source,
+            &DatasetOptions {
+                seq_len: 4,
+                ..options(None)
+            },
+        )
+        .unwrap();
+        assert_eq!(data.vocab_size, 5);
+        let all: Vec<u32> = data
+            .train
+            .inputs
+            .iter()
+            .chain(&data.valid.inputs)
+            .copied()
+            .collect();
+        assert!(all.iter().all(|&t| (1..=4).contains(&t)), "{all:?}");
+        // "the cat sat </s>" repeats: every window is a rotation of [2, 3, 4, 1].
+        assert!(data.train.inputs.chunks(4).all(|w| {
+            let start = [2, 3, 4, 1].iter().position(|&t| t == w[0]).unwrap();
+            (0..4).all(|i| w[i] == [2, 3, 4, 1][(start + i) % 4])
+        }));
+
+        fs::write(&tokenizer, "{not a tokenizer").unwrap();
+        assert!(matches!(
+            Dataset::prepare(&source, &options(None)),
+            Err(Error::DataFile { .. })
         ));
     }
 
