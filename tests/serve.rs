@@ -2,86 +2,16 @@
 //! LD_LIBRARY_PATH: LibTorch is found through the embedded rpath), on port 0 with a temporary
 //! data directory.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    base: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn grokforge() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_grokforge"));
-    command
-        .env_remove("LD_LIBRARY_PATH")
-        .env_remove("GROKFORGE_CONFIG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("GROKFORGE__") {
-            command.env_remove(key);
-        }
-    }
-    command
-}
-
-/// Starts `grokforge serve` and returns once it printed its address, with the time it took.
-fn start() -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let child = grokforge()
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("grokforge starts");
-    // Owned by `Server` at once, so its Drop kills and reaps the process on every path.
-    let mut server = Server {
-        child,
-        base: String::new(),
-        _data: data,
-    };
-    let stdout = server.child.stdout.take().unwrap();
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let line = receiver
-            .recv_timeout(remaining)
-            .expect("`listening on` within 60 s");
-        if let Some(base) = line.strip_prefix("listening on ") {
-            server.base = base.trim().to_string();
-            return server;
-        }
-    }
-}
-
-async fn get(url: &str) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .expect("request succeeds")
-}
+use common::{get, grokforge, start};
 
 #[tokio::test]
 async fn serve_answers_health_within_a_second_of_printing_its_address() {
-    let server = start();
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
     let printed = Instant::now();
     let response = get(&format!("{}/health", server.base)).await;
     let elapsed = printed.elapsed();
@@ -136,7 +66,8 @@ async fn serve_answers_health_within_a_second_of_printing_its_address() {
 
 #[tokio::test]
 async fn unknown_routes_answer_problem_details() {
-    let server = start();
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
     let response = get(&format!("{}/no/such/route", server.base)).await;
     assert_eq!(response.status(), 404);
     assert_eq!(
@@ -150,20 +81,9 @@ async fn unknown_routes_answer_problem_details() {
 
 #[test]
 fn sigterm_shuts_down_cleanly_and_in_order() {
-    let mut server = start();
-    let pid = server.child.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "grokforge did not exit within 15 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start(data.path());
+    let status = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
 }
 

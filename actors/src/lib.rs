@@ -23,6 +23,11 @@ pub mod resilience;
 pub mod services;
 pub mod supervisor;
 
+// The gateway speaks in the storage's and the training core's types (job records, phases,
+// train specs) without depending on those crates itself.
+pub use grokforge_storage as storage;
+pub use grokforge_training_core as training_core;
+
 pub use directory::{CallError, ServiceDirectory, names};
 pub use events::{Event, EventEnvelope, HealthState, Topic};
 pub use metrics::NodeMetrics;

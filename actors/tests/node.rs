@@ -286,10 +286,14 @@ async fn a_configured_redis_is_checked_and_a_missing_one_fails_boot_by_name() {
 async fn a_configured_postgres_is_used_and_a_missing_one_fails_boot_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = settings(dir.path());
-    config.database.url = Some(
-        std::env::var("GROKFORGE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
-    );
+    // A schema of its own, so parallel and repeated runs never share tables.
+    let schema = grokforge_storage::testing::TestDatabase::postgres(
+        &std::env::var("GROKFORGE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| grokforge_storage::testing::DEFAULT_POSTGRES_URL.into()),
+    )
+    .await
+    .unwrap();
+    config.database.url = Some(schema.postgres_url().unwrap().to_string());
     let node = Node::start(config.clone(), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
@@ -300,6 +304,7 @@ async fn a_configured_postgres_is_used_and_a_missing_one_fails_boot_by_name() {
     );
     node.shutdown(Duration::from_secs(5)).await;
 
+    schema.cleanup().await;
     config.database.url = Some("postgres://postgres@127.0.0.1:1/test".into());
     config.database.connect_timeout_ms = 200;
     let error = Node::start(config, cpu(), Duration::from_millis(800))

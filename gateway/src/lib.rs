@@ -8,6 +8,7 @@
 //! directory, each call with a deadline.
 
 mod health;
+mod jobs;
 pub mod problem;
 
 use std::convert::Infallible;
@@ -32,12 +33,15 @@ pub struct GatewayState {
     pub health_timeout: Duration,
     /// Set while the node drains: `/ready` answers 503 so load balancers stop sending work.
     pub shutting_down: Arc<AtomicBool>,
+    /// Largest request body accepted; more is a 413.
+    pub max_body_bytes: u64,
 }
 
 /// All routes of the node.
 pub fn routes(
     state: GatewayState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    let state_max_body = state.max_body_bytes;
     let with_state = warp::any().map(move || state.clone());
     let health = warp::path!("health")
         .and(warp::get())
@@ -53,12 +57,54 @@ pub fn routes(
         .map(health::metrics);
     let nodes = warp::path!("cluster" / "nodes")
         .and(warp::get())
-        .and(with_state)
+        .and(with_state.clone())
         .and_then(health::cluster_nodes);
+
+    let max_body_bytes = state_max_body;
+    let start = warp::path!("phases" / String / "start")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body_bytes))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .and_then(jobs::start);
+    let phases = warp::path!("phases")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(jobs::phases);
+    let phase_status = warp::path!("phases" / String / "status")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(jobs::phase_status);
+    let list_jobs = warp::path!("jobs")
+        .and(warp::get())
+        .and(warp::query::<jobs::JobQuery>())
+        .and(with_state.clone())
+        .and_then(jobs::list);
+    let get_job = warp::path!("jobs" / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(jobs::get);
+    let cancel_job = warp::path!("jobs" / String / "cancel")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and_then(jobs::cancel);
+    let job_events = warp::path!("jobs" / String / "events")
+        .and(warp::get())
+        .and(warp::query::<jobs::EventsQuery>())
+        .and(with_state)
+        .and_then(jobs::events);
+
     health
         .or(ready)
         .or(metrics)
         .or(nodes)
+        .or(start)
+        .or(phases)
+        .or(phase_status)
+        .or(list_jobs)
+        .or(get_job)
+        .or(cancel_job)
+        .or(job_events)
         .recover(problem::recover)
 }
 

@@ -49,7 +49,7 @@ pub enum Renewal {
 
 /// The rendezvous (highest random weight) owner of `job_id` among `nodes`: every node computes
 /// the same answer without coordination, and removing a node only moves that node's jobs.
-pub fn rendezvous_owner<'a>(job_id: Uuid, nodes: &'a [String]) -> Option<&'a str> {
+pub fn rendezvous_owner(job_id: Uuid, nodes: &[String]) -> Option<&str> {
     nodes
         .iter()
         .max_by_key(|node| fnv1a(job_id.as_bytes(), node.as_bytes()))

@@ -35,6 +35,8 @@ pub mod rng;
 pub mod spec;
 pub mod train;
 
+/// burn's tensor API, for callers that feed a model (tests, the export check).
+pub use burn::tensor as burn_tensor;
 pub use burn::tensor::Device;
 pub use checkpoint::Checkpoint;
 pub use data::{DataOrder, DataSource, Dataset, ModularTask, Operation};

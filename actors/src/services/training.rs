@@ -789,18 +789,8 @@ impl TrainingServiceState {
 
 /// The phase that takes a phase's models, in the Agent Forge pipeline's order.
 fn next_phase(phase: Phase) -> Option<Phase> {
-    const ORDER: [&str; 8] = [
-        "cognate",
-        "evomerge",
-        "quietstar",
-        "bitnet",
-        "forge-training",
-        "tool-persona",
-        "adas",
-        "final-compression",
-    ];
-    let index = ORDER.iter().position(|name| *name == phase.as_str())?;
-    ORDER.get(index + 1).and_then(|name| name.parse().ok())
+    let index = Phase::ALL.iter().position(|p| *p == phase)?;
+    Phase::ALL.get(index + 1).copied()
 }
 
 /// The files of a trained variant, primary (the Burn record) first.
