@@ -47,7 +47,11 @@ fn logits(data_dir: &std::path::Path, job_id: &str) -> Vec<f32> {
     let (_, model) = grokforge_training_core::load_model(&dir, &device).unwrap();
     let tokens: Vec<i64> = vec![0, 11, 3, 12, 5, 11, 9, 12];
     let input = Tensor::<2, Int>::from_data(TensorData::new(tokens, [2, 4]), &device);
-    model.forward(input).into_data().try_to_vec::<f32>().unwrap()
+    model
+        .forward(input)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
