@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! queued ──claim──▶ running ──▶ completed | cancelled
-//!    ▲                 │  └──▶ failed (attempts exhausted)
-//!    └── retry / lease expired / owner restarted ──┘
+//!    ▲                 │  ├──▶ failed (attempts exhausted)
+//!    └──── retry ──────┤  └──▶ interrupted (owner restarted) ──claim──▶ running
+//!                      └── lease expired: claimed by another node ──▶ running
 //! ```
 //!
 //! Invariants:
@@ -34,6 +35,11 @@ pub enum Finish {
     /// The attempt failed; the job is retried while attempts remain.
     Failed {
         error: String,
+    },
+    /// The owner died while running it (found when the owner restarts): the job becomes
+    /// `interrupted`, claimable again, while attempts remain.
+    Interrupted {
+        reason: String,
     },
 }
 
@@ -87,7 +93,7 @@ impl JobRepository {
             // one looked at.
             let candidates: Vec<(Uuid,)> = sqlx::query_as(
                 "SELECT id FROM jobs \
-                 WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < $1) \
+                 WHERE status IN ('queued', 'interrupted') OR (status = 'running' AND lease_expires_at < $1) \
                  ORDER BY priority DESC, created_at, id LIMIT $2",
             )
             .bind(now)
@@ -102,9 +108,9 @@ impl JobRepository {
                 .chain(candidates.iter().map(|(id,)| *id).filter(|id| !mine(id)));
             let lock = pool.sql(
                 "SELECT status, attempts, max_attempts, cancel_requested FROM jobs WHERE id = $1 \
-                 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $2))",
+                 AND (status IN ('queued', 'interrupted') OR (status = 'running' AND lease_expires_at < $2))",
                 "SELECT status, attempts, max_attempts, cancel_requested FROM jobs WHERE id = $1 \
-                 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < $2)) \
+                 AND (status IN ('queued', 'interrupted') OR (status = 'running' AND lease_expires_at < $2)) \
                  FOR UPDATE SKIP LOCKED",
             );
             let mut chosen = None;
@@ -258,15 +264,20 @@ impl JobRepository {
         let (status, error) = match &finish {
             Finish::Completed => (JobStatus::Completed, None),
             Finish::Cancelled => (JobStatus::Cancelled, None),
-            Finish::Failed { error } => {
+            Finish::Failed { error: reason } | Finish::Interrupted { reason } => {
                 attempt_errors.push(AttemptError {
                     attempt: job.attempts,
                     node: Some(node.to_string()),
-                    error: error.clone(),
+                    error: reason.clone(),
                     at: now,
                 });
+                let retry = if matches!(finish, Finish::Interrupted { .. }) {
+                    JobStatus::Interrupted
+                } else {
+                    JobStatus::Queued
+                };
                 if job.attempts < job.max_attempts && !job.cancel_requested {
-                    (JobStatus::Queued, Some(error.clone()))
+                    (retry, Some(reason.clone()))
                 } else {
                     (JobStatus::Failed, Some(summarise(&attempt_errors)))
                 }
@@ -307,7 +318,7 @@ impl JobRepository {
             async {
             let queued = sqlx::query(
                 "UPDATE jobs SET status = 'cancelled', cancel_requested = TRUE, finished_at = $2, \
-                 updated_at = $2 WHERE id = $1 AND status = 'queued'",
+                 updated_at = $2 WHERE id = $1 AND status IN ('queued', 'interrupted')",
             )
             .bind(id)
             .bind(now)
@@ -330,8 +341,8 @@ impl JobRepository {
         self.get(id).await
     }
 
-    /// On boot: the jobs `node` was running when it died go back to the queue, keeping their
-    /// checkpoints, so they resume. The interrupted attempt is recorded.
+    /// On boot: the jobs `node` was running when it died become `interrupted` — claimable, with
+    /// their checkpoints — so they resume. The interrupted attempt is recorded and counts.
     pub async fn reclaim_owned(&self, node: &str) -> Result<Vec<Uuid>, StorageError> {
         let owned: Result<Vec<(Uuid,)>, sqlx::Error> = with_pool!(self.database(), |pool| {
             sqlx::query_as("SELECT id FROM jobs WHERE owner_node = $1 AND status = 'running'")
@@ -347,12 +358,12 @@ impl JobRepository {
                 .finish(
                     id,
                     node,
-                    Finish::Failed {
-                        error: "interrupted: the node stopped while running it".into(),
+                    Finish::Interrupted {
+                        reason: "interrupted: the node stopped while running it".into(),
                     },
                 )
                 .await?;
-            if job.status == JobStatus::Queued {
+            if job.status == JobStatus::Interrupted {
                 reclaimed.push(id);
             }
         }

@@ -201,6 +201,10 @@ async fn a_restarted_owner_reclaims_its_running_jobs(db: Database, _: PathBuf) {
         "only the owner's own jobs"
     );
     assert_eq!(jobs.reclaim_owned("a").await.unwrap(), vec![queued.id]);
+    assert_eq!(
+        jobs.get(queued.id).await.unwrap().status,
+        JobStatus::Interrupted
+    );
     let again = jobs.claim_next("a", &me, soon()).await.unwrap().unwrap();
     assert_eq!(again.id, queued.id);
     assert_eq!(again.attempts, 2);
