@@ -36,7 +36,7 @@ enum Command {
     /// Run a node: the supervised services and the HTTP gateway.
     Serve(ServeArgs),
     /// Train locally, without a server: a phase recipe with progress bars, models to --out.
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
 }
 
 #[derive(clap::Args)]
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let result = match cli.command {
-        Command::Train(args) => train_cmd::run(args),
+        Command::Train(args) => train_cmd::run(*args),
         Command::Serve(args) => load_settings(&args).and_then(|settings| {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?
