@@ -1,6 +1,7 @@
 //! The `grokforge` binary: parses the command line and the configuration, sets up logging,
 //! and hands over to the libraries. Nothing else lives here.
 
+mod models_cmd;
 mod serve;
 mod train_cmd;
 
@@ -37,6 +38,8 @@ enum Command {
     Serve(ServeArgs),
     /// Train locally, without a server: a phase recipe with progress bars, models to --out.
     Train(Box<train_cmd::TrainArgs>),
+    /// The model registry of the local data dir: list, show, export, delete, gc.
+    Models(models_cmd::ModelsArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     init_tracing(cli.log_format);
     let result = match cli.command {
         Command::Train(args) => train_cmd::run(*args),
+        Command::Models(args) => models_cmd::run(args),
         Command::Serve(args) => load_settings(&args).and_then(|settings| {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?

@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 mod error;
+pub mod export;
 pub mod grokfast;
 pub mod model;
 pub mod phase;

@@ -422,6 +422,9 @@ fn save_variant(
         .into_bytes()
         .map_err(|e| Error::Record(format!("model: {e}")))?;
     write_atomic(&dir.join("model.bpk"), &weights)?;
+    // The same weights under PyTorch names, which the registry stores and exports.
+    let safetensors = crate::export::to_safetensors(model, &result.config.model)?;
+    write_atomic(&dir.join(crate::export::SAFETENSORS_FILE), &safetensors)?;
     write_json(&dir.join("model.json"), &result.config.model)?;
     write_json(&dir.join("run.json"), &result.config)?;
     write_json(&dir.join("spec.json"), spec)?;
