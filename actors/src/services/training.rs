@@ -723,7 +723,7 @@ impl TrainingServiceState {
                 .await
                 .map_err(|e| e.to_string())??;
             let model = grokforge_storage::models::NewModel {
-                name: format!("{phase}-{}", variant.name),
+                name: variant.name.clone(),
                 phase: phase.to_string(),
                 parent_ids: Vec::new(),
                 job_id: Some(job_id),
