@@ -17,6 +17,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let boot_timeout = settings.node.boot_timeout();
     let call_timeout = settings.node.actor_call_timeout();
     let max_body_bytes = settings.gateway.max_body_bytes;
+    let artifacts_dir = settings.artifacts_dir();
     let health_timeout = settings.monitoring.health_check_timeout() * 2;
 
     // The training device is checked before anything starts: a node asked to train on a GPU
@@ -46,6 +47,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         health_timeout,
         shutting_down: shutting_down.clone(),
         max_body_bytes,
+        artifacts_dir,
     };
     let (stop_gateway, gateway_stopped) = tokio::sync::oneshot::channel::<()>();
     let gateway = tokio::spawn(grokforge_gateway::serve(

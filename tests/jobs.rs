@@ -194,3 +194,103 @@ async fn phases_answer_404_for_unknown_and_501_without_a_recipe() {
 fn uuid_like() -> &'static str {
     "01933b3e-0000-7000-8000-000000000000"
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trained_models_are_listed_exported_and_downloaded_with_verified_checksums() {
+    use sha2::Digest;
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let base = server.base.clone();
+    let body = json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
+                      "batch_size": 16, "steps": 10, "eval_every": 5, "variants": 2, "threads": 1});
+    let job = start_job(&base, &body).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_status(&base, &id, "completed", Duration::from_secs(60)).await;
+
+    let listed = get_json(&format!("{base}/models?phase=cognate")).await;
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|m| m["job_id"] == id.as_str()));
+    let winners = get_json(&format!("{base}/models?phase=cognate&winner=true")).await;
+    assert_eq!(winners.as_array().unwrap().len(), 1);
+    let model_ids: Vec<&str> = listed.iter().map(|m| m["id"].as_str().unwrap()).collect();
+
+    let response = client()
+        .post(format!("{base}/models/export"))
+        .json(&json!({"model_ids": model_ids}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let export: Value = response.json().await.unwrap();
+    let archive = get(&format!(
+        "{base}/exports/{}",
+        export["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(archive.status(), 200);
+    assert_eq!(archive.headers()["content-type"], "application/zip");
+    let bytes = archive.bytes().await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let manifest: Value = {
+        let mut file = zip.by_name("export_manifest.json").unwrap();
+        serde_json::from_reader(&mut file).unwrap()
+    };
+    assert_eq!(manifest["export_id"], export["id"]);
+    let mut checked = 0;
+    for model in manifest["models"].as_array().unwrap() {
+        for file in model["files"].as_array().unwrap() {
+            let path = file["path"].as_str().unwrap();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut zip.by_name(path).unwrap(), &mut content).unwrap();
+            assert_eq!(
+                format!("{:x}", sha2::Sha256::digest(&content)),
+                file["sha256"].as_str().unwrap(),
+                "{path}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2 * 4,
+        "every model's files are in the archive: {manifest:#}"
+    );
+    assert!(
+        manifest.to_string().contains("model.safetensors"),
+        "exports carry the PyTorch-named safetensors: {manifest:#}"
+    );
+
+    // The export flow's errors.
+    let unknown = "01933b3e-0000-7000-8000-000000000000";
+    let response = client()
+        .post(format!("{base}/models/export"))
+        .json(&json!({"model_ids": [unknown]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains(unknown));
+    let response = client()
+        .post(format!("{base}/models/export"))
+        .json(&json!({"model_ids": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let response = client()
+        .post(format!("{base}/models/export"))
+        .json(&json!({"model_ids": "all"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["field"],
+        "model_ids"
+    );
+    assert_eq!(
+        get(&format!("{base}/exports/{unknown}")).await.status(),
+        404
+    );
+    assert_eq!(get(&format!("{base}/models/{unknown}")).await.status(), 404);
+}

@@ -9,6 +9,7 @@
 
 mod health;
 mod jobs;
+mod models;
 pub mod problem;
 
 use std::convert::Infallible;
@@ -35,6 +36,8 @@ pub struct GatewayState {
     pub shutting_down: Arc<AtomicBool>,
     /// Largest request body accepted; more is a 413.
     pub max_body_bytes: u64,
+    /// Where the registry keeps its files (export downloads are read from here).
+    pub artifacts_dir: std::path::PathBuf,
 }
 
 /// All routes of the node.
@@ -91,8 +94,31 @@ pub fn routes(
     let job_events = warp::path!("jobs" / String / "events")
         .and(warp::get())
         .and(warp::query::<jobs::EventsQuery>())
-        .and(with_state)
+        .and(with_state.clone())
         .and_then(jobs::events);
+    let list_models = warp::path!("models")
+        .and(warp::get())
+        .and(warp::query::<models::ModelQuery>())
+        .and(with_state.clone())
+        .and_then(models::list);
+    let get_model = warp::path!("models" / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .and_then(models::get);
+    let delete_model = warp::path!("models" / String)
+        .and(warp::delete())
+        .and(with_state.clone())
+        .and_then(models::delete);
+    let export = warp::path!("models" / "export")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body_bytes))
+        .and(warp::body::bytes())
+        .and(with_state.clone())
+        .and_then(models::export);
+    let download = warp::path!("exports" / String)
+        .and(warp::get())
+        .and(with_state)
+        .and_then(models::download);
 
     health
         .or(ready)
@@ -105,6 +131,11 @@ pub fn routes(
         .or(get_job)
         .or(cancel_job)
         .or(job_events)
+        .or(export)
+        .or(list_models)
+        .or(get_model)
+        .or(delete_model)
+        .or(download)
         .recover(problem::recover)
 }
 
