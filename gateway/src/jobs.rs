@@ -6,12 +6,11 @@ use grokforge_actors::services::training::{TrainingError, TrainingServiceMessage
 use grokforge_actors::storage::jobs::{JobFilter, JobStatus};
 use grokforge_actors::training_core::{Phase, PhaseError, TrainSpec, phases_with_recipe};
 use serde::Deserialize;
-use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
-use crate::problem::Problem;
+use crate::problem::{Problem, json_or_problem, parse_id};
 
 fn phase_names(phases: &[Phase]) -> Vec<String> {
     phases.iter().map(|p| p.to_string()).collect()
@@ -51,25 +50,13 @@ fn training_problem(error: TrainingError) -> Problem {
     }
 }
 
-/// Calls the training service with the gateway's deadline; an actor that does not answer in
-/// time is a 503 with Retry-After, never a hung request.
 async fn call<R: Send + 'static>(
     state: &GatewayState,
     build: impl FnOnce(ractor::RpcReplyPort<Result<R, TrainingError>>) -> TrainingServiceMessage,
 ) -> Result<R, Problem> {
     state
-        .directory
-        .call::<TrainingServiceMessage, _, _>(names::TRAINING_SERVICE, build, state.call_timeout)
+        .call_service(names::TRAINING_SERVICE, build, training_problem)
         .await
-        .map_err(|e| Problem::unavailable(e.to_string(), 1))?
-        .map_err(training_problem)
-}
-
-fn respond(result: Result<impl serde::Serialize, Problem>, status: StatusCode) -> Response {
-    match result {
-        Ok(body) => warp::reply::with_status(warp::reply::json(&body), status).into_response(),
-        Err(problem) => problem.into_response(),
-    }
 }
 
 /// The start body: the flags of `grokforge train` as fields (`checkpoint_every`, …), every one
@@ -121,7 +108,7 @@ pub async fn start(
         .await
     }
     .await;
-    Ok(respond(result, StatusCode::ACCEPTED))
+    Ok(json_or_problem(result, StatusCode::ACCEPTED))
 }
 
 pub async fn phases(_state: GatewayState) -> Result<Response, warp::Rejection> {
@@ -143,7 +130,7 @@ pub async fn phase_status(phase: String, state: GatewayState) -> Result<Response
         }
         Err(problem) => Err(problem),
     };
-    Ok(respond(result, StatusCode::OK))
+    Ok(json_or_problem(result, StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,28 +174,23 @@ pub async fn list(query: JobQuery, state: GatewayState) -> Result<Response, warp
         .await
     }
     .await;
-    Ok(respond(result, StatusCode::OK))
-}
-
-fn parse_id(id: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(id)
-        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("job {id} not found")))
+    Ok(json_or_problem(result, StatusCode::OK))
 }
 
 pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
-    let result = match parse_id(&id) {
+    let result = match parse_id("job", &id) {
         Ok(id) => call(&state, |reply| TrainingServiceMessage::GetJob(id, reply)).await,
         Err(problem) => Err(problem),
     };
-    Ok(respond(result, StatusCode::OK))
+    Ok(json_or_problem(result, StatusCode::OK))
 }
 
 pub async fn cancel(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
-    let result = match parse_id(&id) {
+    let result = match parse_id("job", &id) {
         Ok(id) => call(&state, |reply| TrainingServiceMessage::CancelJob(id, reply)).await,
         Err(problem) => Err(problem),
     };
-    Ok(respond(result, StatusCode::ACCEPTED))
+    Ok(json_or_problem(result, StatusCode::ACCEPTED))
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,7 +206,7 @@ pub async fn events(
     query: EventsQuery,
     state: GatewayState,
 ) -> Result<Response, warp::Rejection> {
-    let result = match parse_id(&id) {
+    let result = match parse_id("job", &id) {
         Ok(job_id) => call(&state, |reply| TrainingServiceMessage::JobEvents {
             job_id,
             since: query.since,
@@ -234,5 +216,5 @@ pub async fn events(
         .map(|events| events.into_iter().map(|e| e.envelope).collect::<Vec<_>>()),
         Err(problem) => Err(problem),
     };
-    Ok(respond(result, StatusCode::OK))
+    Ok(json_or_problem(result, StatusCode::OK))
 }

@@ -40,6 +40,28 @@ pub struct GatewayState {
     pub artifacts_dir: std::path::PathBuf,
 }
 
+impl GatewayState {
+    /// Calls `service` with the gateway's deadline and maps its error with `to_problem`: an
+    /// actor that does not answer in time is a 503 with Retry-After, never a hung request.
+    pub(crate) async fn call_service<M, R, E>(
+        &self,
+        service: &'static str,
+        build: impl FnOnce(ractor::RpcReplyPort<Result<R, E>>) -> M,
+        to_problem: fn(E) -> problem::Problem,
+    ) -> Result<R, problem::Problem>
+    where
+        M: ractor::Message,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        self.directory
+            .call::<M, _, _>(service, build, self.call_timeout)
+            .await
+            .map_err(|e| problem::Problem::unavailable(e.to_string(), 1))?
+            .map_err(to_problem)
+    }
+}
+
 /// All routes of the node.
 pub fn routes(
     state: GatewayState,

@@ -13,7 +13,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
-use crate::problem::Problem;
+use crate::problem::{Problem, json_or_problem, parse_id};
 
 fn storage_problem(error: StorageError) -> Problem {
     let status = match &error {
@@ -34,23 +34,8 @@ async fn call<R: Send + 'static>(
     build: impl FnOnce(ractor::RpcReplyPort<Result<R, StorageError>>) -> ModelServiceMessage,
 ) -> Result<R, Problem> {
     state
-        .directory
-        .call::<ModelServiceMessage, _, _>(names::MODEL_SERVICE, build, state.call_timeout)
+        .call_service(names::MODEL_SERVICE, build, storage_problem)
         .await
-        .map_err(|e| Problem::unavailable(e.to_string(), 1))?
-        .map_err(storage_problem)
-}
-
-fn respond(result: Result<impl serde::Serialize, Problem>, status: StatusCode) -> Response {
-    match result {
-        Ok(body) => warp::reply::with_status(warp::reply::json(&body), status).into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
-fn parse_id(kind: &str, id: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(id)
-        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("{kind} {id} not found")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +55,7 @@ pub async fn list(query: ModelQuery, state: GatewayState) -> Result<Response, wa
         winner: query.winner,
     };
     let result = call(&state, |reply| ModelServiceMessage::List(filter, reply)).await;
-    Ok(respond(result, StatusCode::OK))
+    Ok(json_or_problem(result, StatusCode::OK))
 }
 
 pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
@@ -78,7 +63,7 @@ pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Reje
         Ok(id) => call(&state, |reply| ModelServiceMessage::Get(id, reply)).await,
         Err(problem) => Err(problem),
     };
-    Ok(respond(result, StatusCode::OK))
+    Ok(json_or_problem(result, StatusCode::OK))
 }
 
 pub async fn delete(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
@@ -86,7 +71,7 @@ pub async fn delete(id: String, state: GatewayState) -> Result<Response, warp::R
         Ok(id) => call(&state, |reply| ModelServiceMessage::Delete(id, reply)).await,
         Err(problem) => Err(problem),
     };
-    Ok(respond(result, StatusCode::OK))
+    Ok(json_or_problem(result, StatusCode::OK))
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,7 +125,7 @@ pub async fn export(body: bytes::Bytes, state: GatewayState) -> Result<Response,
         .await
     }
     .await;
-    Ok(respond(result, StatusCode::ACCEPTED))
+    Ok(json_or_problem(result, StatusCode::ACCEPTED))
 }
 
 /// Downloads an export: the zip archive, or the manifest of a directory export.

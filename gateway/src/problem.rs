@@ -4,8 +4,9 @@
 use std::convert::Infallible;
 
 use serde::Serialize;
+use uuid::Uuid;
 use warp::http::StatusCode;
-use warp::reply::Response;
+use warp::reply::{Reply, Response};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -83,4 +84,18 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Problem, Infallible> 
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     };
     Ok(problem)
+}
+
+/// `body` as JSON with `status`, or the problem.
+pub fn json_or_problem(result: Result<impl Serialize, Problem>, status: StatusCode) -> Response {
+    match result {
+        Ok(body) => warp::reply::with_status(warp::reply::json(&body), status).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// A path id; one that is not a UUID names nothing, so it is a 404 like an unknown one.
+pub fn parse_id(kind: &str, id: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(id)
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("{kind} {id} not found")))
 }
