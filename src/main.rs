@@ -1,6 +1,8 @@
 //! The `grokforge` binary: parses the command line and the configuration, sets up logging,
 //! and hands over to the libraries. Nothing else lives here.
 
+mod client;
+mod jobs_cmd;
 mod models_cmd;
 mod serve;
 mod train_cmd;
@@ -38,8 +40,11 @@ enum Command {
     Serve(ServeArgs),
     /// Train locally, without a server: a phase recipe with progress bars, models to --out.
     Train(Box<train_cmd::TrainArgs>),
-    /// The model registry of the local data dir: list, show, export, delete, gc.
+    /// The model registry of the local data dir, or of a node with --server: list, show,
+    /// export, delete, gc.
     Models(models_cmd::ModelsArgs),
+    /// Training jobs on a running node: list, show, cancel, watch.
+    Jobs(jobs_cmd::JobsArgs),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train_cmd::run(*args),
         Command::Models(args) => models_cmd::run(args),
+        Command::Jobs(args) => jobs_cmd::run(args),
         Command::Serve(args) => load_settings(&args).and_then(|settings| {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?

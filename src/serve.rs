@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use grokforge_actors::Node;
-use grokforge_config::Settings;
-use grokforge_gateway::GatewayState;
+use grokforge_actors::resilience::BreakerConfig;
+use grokforge_config::{Role, Settings, TokenSettings};
+use grokforge_gateway::{Breakers, GatewayState, Tokens, WebSocketLimits};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let bind = settings.gateway.bind;
@@ -30,16 +32,41 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut node = Node::start(settings, device, boot_timeout)
         .await
         .context("node failed to start")?;
-    let listener = TcpListener::bind(bind)
-        .await
+    let listener = listen(bind, node.settings.gateway.socket_send_buffer_bytes)
         .with_context(|| format!("cannot listen on {bind}"))?;
     let address = listener
         .local_addr()
         .context("cannot read the bound address")?;
     let _ = node.api_address.set(format!("http://{address}"));
 
+    // Without configured tokens the node guards itself with a generated admin token, kept in
+    // the data dir so a restart reuses it.
+    let mut tokens = node.settings.gateway.tokens.clone();
+    let admin_token = if tokens.is_empty() {
+        let admin =
+            grokforge_gateway::auth::load_or_generate_admin_token(&node.settings.node.data_dir)?;
+        tokens.push(TokenSettings {
+            token: admin.token.clone(),
+            role: Role::Admin,
+        });
+        Some(admin)
+    } else {
+        None
+    };
+    let gateway_settings = &node.settings.gateway;
+    let websocket = WebSocketLimits {
+        ping_interval: gateway_settings.ws_ping_interval(),
+        max_message_bytes: usize::try_from(gateway_settings.ws_max_message_bytes)
+            .unwrap_or(usize::MAX),
+        max_subscriptions: usize::try_from(gateway_settings.ws_max_subscriptions)
+            .unwrap_or(usize::MAX),
+    };
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = GatewayState {
+        tokens: Arc::new(Tokens::new(&tokens, gateway_settings.metrics_open)),
+        websocket,
+        breakers: Breakers::new(BreakerConfig::default(), &node.metrics),
+        shutdown: CancellationToken::new(),
         node_id: node.node_id.clone(),
         directory: node.directory.clone(),
         metrics: node.metrics.clone(),
@@ -60,6 +87,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     tracing::info!(node_id = %node.node_id, %address, "node ready");
     println!("listening on http://{address}");
+    // The token goes to the terminal of the person who started the node, never to the log.
+    match &admin_token {
+        Some(admin) if admin.generated => println!(
+            "admin token (generated, saved in {}): {}",
+            admin.path.display(),
+            admin.token
+        ),
+        Some(admin) => println!("admin token: in {}", admin.path.display()),
+        None => {}
+    }
     let _ = std::io::stdout().flush();
 
     let escalation = tokio::select! {
@@ -86,6 +123,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(escalation) => Err(anyhow::anyhow!("node supervisor gave up: {escalation}")),
         None => Ok(()),
     }
+}
+
+/// Binds the gateway's listener. Accepted sockets inherit the listener's send buffer size, so
+/// setting it here bounds what the kernel holds for each client.
+fn listen(bind: std::net::SocketAddr, send_buffer_bytes: u64) -> std::io::Result<TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if send_buffer_bytes > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer_bytes).unwrap_or(u32::MAX))?;
+    }
+    socket.bind(bind)?;
+    socket.listen(1024)
 }
 
 /// SIGINT and SIGTERM, listened for from before the address is printed: a signal that arrives

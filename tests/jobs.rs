@@ -197,7 +197,6 @@ fn uuid_like() -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trained_models_are_listed_exported_and_downloaded_with_verified_checksums() {
-    use sha2::Digest;
     let data = tempfile::tempdir().unwrap();
     let server = start(data.path());
     let base = server.base.clone();
@@ -231,26 +230,8 @@ async fn trained_models_are_listed_exported_and_downloaded_with_verified_checksu
     assert_eq!(archive.status(), 200);
     assert_eq!(archive.headers()["content-type"], "application/zip");
     let bytes = archive.bytes().await.unwrap();
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
-    let manifest: Value = {
-        let mut file = zip.by_name("export_manifest.json").unwrap();
-        serde_json::from_reader(&mut file).unwrap()
-    };
+    let (manifest, checked) = common::verify_export_zip(&bytes);
     assert_eq!(manifest["export_id"], export["id"]);
-    let mut checked = 0;
-    for model in manifest["models"].as_array().unwrap() {
-        for file in model["files"].as_array().unwrap() {
-            let path = file["path"].as_str().unwrap();
-            let mut content = Vec::new();
-            std::io::Read::read_to_end(&mut zip.by_name(path).unwrap(), &mut content).unwrap();
-            assert_eq!(
-                format!("{:x}", sha2::Sha256::digest(&content)),
-                file["sha256"].as_str().unwrap(),
-                "{path}"
-            );
-            checked += 1;
-        }
-    }
     assert!(
         checked >= 2 * 4,
         "every model's files are in the archive: {manifest:#}"

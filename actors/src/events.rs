@@ -19,6 +19,7 @@ pub const SCHEMA_VERSION: u16 = 1;
 
 /// Health of one service, as reported by checks and carried in `ServiceHealthChanged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     Healthy,
@@ -37,6 +38,7 @@ impl HealthState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertSeverity {
     Info,
@@ -46,6 +48,7 @@ pub enum AlertSeverity {
 
 /// Everything that happens on a node that someone outside the emitting actor may care about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Event {
     TrainingStarted {
@@ -227,10 +230,20 @@ impl Event {
         }
     }
 
+    /// The `job:{id}` topic of the event: the training events of one job, which are exactly
+    /// the events of its durable log, so a subscriber can replay them with `since`. (A
+    /// `model_saved` names its job too, but the model service publishes it outside the log.)
+    pub fn job_topic(&self) -> Option<Topic> {
+        match self.topic() {
+            Topic::TrainingUpdates => self.job_id().map(Topic::Job),
+            _ => None,
+        }
+    }
+
     /// Whether a subscriber of `topic` receives this event.
     pub fn belongs_to(&self, topic: &Topic) -> bool {
         match topic {
-            Topic::Job(id) => self.job_id() == Some(*id),
+            Topic::Job(_) => self.job_topic().as_ref() == Some(topic),
             broad => &self.topic() == broad,
         }
     }
@@ -239,6 +252,7 @@ impl Event {
 /// An event with its provenance. This is what the bus carries, what the Redis bridge signs and
 /// what the job event log stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventEnvelope {
     pub schema_version: u16,
     /// UUIDv7: unique and ordered by creation time, so logs sort naturally.

@@ -7,8 +7,8 @@
 //! label ever reaches the registry.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::events::HealthState;
@@ -28,6 +28,19 @@ pub struct NodeMetrics {
     pub training_accuracy: Gauge,
     pub training_step_duration_seconds: Histogram,
     pub checkpoints_written_total: IntCounter,
+    /// HTTP requests by method, route template (`/jobs/{id}`) and status code.
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    /// Open WebSocket connections.
+    pub websocket_connections: IntGauge,
+    /// Frames written to WebSocket clients (events and control frames).
+    pub websocket_messages_sent_total: IntCounter,
+    /// WebSocket connections closed, by reason (`client`, `slow_consumer`, `ping_timeout`, …).
+    pub websocket_disconnects_total: IntCounterVec,
+    /// Circuit breaker state by breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// Registered models by phase, refreshed when `/metrics` is scraped.
+    pub models: IntGaugeVec,
 }
 
 impl NodeMetrics {
@@ -116,6 +129,55 @@ impl NodeMetrics {
         )
         .expect("static metric definition");
 
+        let http_requests_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_http_requests_total",
+                "HTTP requests by method, route template and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("static metric definition");
+        let http_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "grokforge_http_request_duration_seconds",
+                "HTTP request duration by method and route template",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("static buckets")),
+            &["method", "route"],
+        )
+        .expect("static metric definition");
+        let websocket_connections = IntGauge::new(
+            "grokforge_websocket_connections",
+            "Open WebSocket connections",
+        )
+        .expect("static metric definition");
+        let websocket_messages_sent_total = IntCounter::new(
+            "grokforge_websocket_messages_sent_total",
+            "Frames written to WebSocket clients",
+        )
+        .expect("static metric definition");
+        let websocket_disconnects_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_websocket_disconnects_total",
+                "WebSocket connections closed, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "grokforge_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            ),
+            &["breaker"],
+        )
+        .expect("static metric definition");
+        let models = IntGaugeVec::new(
+            Opts::new("grokforge_models", "Registered models by phase"),
+            &["phase"],
+        )
+        .expect("static metric definition");
+
         for collector in [
             Box::new(actor_restarts_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(events_published_total.clone()),
@@ -129,6 +191,13 @@ impl NodeMetrics {
             Box::new(training_accuracy.clone()),
             Box::new(training_step_duration_seconds.clone()),
             Box::new(checkpoints_written_total.clone()),
+            Box::new(http_requests_total.clone()),
+            Box::new(http_request_duration_seconds.clone()),
+            Box::new(websocket_connections.clone()),
+            Box::new(websocket_messages_sent_total.clone()),
+            Box::new(websocket_disconnects_total.clone()),
+            Box::new(breaker_state.clone()),
+            Box::new(models.clone()),
         ] {
             registry
                 .register(collector)
@@ -147,6 +216,13 @@ impl NodeMetrics {
             training_accuracy,
             training_step_duration_seconds,
             checkpoints_written_total,
+            http_requests_total,
+            http_request_duration_seconds,
+            websocket_connections,
+            websocket_messages_sent_total,
+            websocket_disconnects_total,
+            breaker_state,
+            models,
         }
     }
 

@@ -150,6 +150,18 @@ impl Node {
             publisher: publisher(names::MONITORING_SERVICE),
             metrics: metrics.clone(),
         };
+        let gateway = &settings.gateway;
+        let hub_args = websocket::Arguments {
+            directory: directory.clone(),
+            metrics: metrics.clone(),
+            limits: websocket::HubLimits {
+                queue_capacity: saturating_usize(gateway.ws_queue_capacity),
+                max_connections: saturating_usize(gateway.ws_max_connections),
+                max_subscriptions: saturating_usize(gateway.ws_max_subscriptions),
+            },
+            // Bursts of a few seconds at full event rate wait here instead of dropping the hub.
+            bus_queue_capacity: 65_536,
+        };
         let discovery_node = this_node.clone();
         let discovery_address = api_address.clone();
         let children = vec![
@@ -171,8 +183,8 @@ impl Node {
             ChildSpec::new(names::MONITORING_SERVICE, move || {
                 (MonitoringService, monitoring_args.clone())
             }),
-            ChildSpec::new(names::WEBSOCKET_HUB, || {
-                (WebSocketHub, websocket::Arguments)
+            ChildSpec::new(names::WEBSOCKET_HUB, move || {
+                (WebSocketHub, hub_args.clone())
             }),
             ChildSpec::new(names::DISCOVERY, move || {
                 (
@@ -343,4 +355,8 @@ where
         waited_ms: started.elapsed().as_millis(),
         last_error: error.last,
     })
+}
+
+fn saturating_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }

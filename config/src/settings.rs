@@ -118,7 +118,22 @@ pub struct GatewaySettings {
     pub max_body_bytes: u64,
     /// Serve `/metrics` without a token (for a scraper on a trusted network).
     pub metrics_open: bool,
+    /// Bearer tokens. When empty, the node generates an admin token on first start and keeps
+    /// it in `<data_dir>/admin-token` (mode 0600).
     pub tokens: Vec<TokenSettings>,
+    /// Frames queued for one WebSocket client; a client that lets it fill is disconnected.
+    pub ws_queue_capacity: u64,
+    /// Open WebSocket connections per node; more are refused with 503.
+    pub ws_max_connections: u64,
+    /// Topics one WebSocket connection may subscribe to at once.
+    pub ws_max_subscriptions: u64,
+    /// Largest client frame (message) accepted on a WebSocket.
+    pub ws_max_message_bytes: u64,
+    /// How often the server pings a WebSocket client; one silent for two intervals is reaped.
+    pub ws_ping_interval_ms: u64,
+    /// Kernel send buffer of each accepted connection (`SO_SNDBUF`); 0 leaves the kernel's
+    /// auto-tuning, which lets one slow client hold up to `net.ipv4.tcp_wmem` (4 MiB) of frames.
+    pub socket_send_buffer_bytes: u64,
 }
 
 impl Default for GatewaySettings {
@@ -129,6 +144,12 @@ impl Default for GatewaySettings {
             max_body_bytes: 1_048_576,
             metrics_open: false,
             tokens: Vec::new(),
+            ws_queue_capacity: 1_024,
+            ws_max_connections: 10_000,
+            ws_max_subscriptions: 32,
+            ws_max_message_bytes: 65_536,
+            ws_ping_interval_ms: 15_000,
+            socket_send_buffer_bytes: 0,
         }
     }
 }
@@ -136,6 +157,10 @@ impl Default for GatewaySettings {
 impl GatewaySettings {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn ws_ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ws_ping_interval_ms)
     }
 }
 

@@ -61,6 +61,11 @@ impl Settings {
         let gateway = &self.gateway;
         problems.positive("gateway.request_timeout_ms", gateway.request_timeout_ms);
         problems.positive("gateway.max_body_bytes", gateway.max_body_bytes);
+        problems.positive("gateway.ws_queue_capacity", gateway.ws_queue_capacity);
+        problems.positive("gateway.ws_max_connections", gateway.ws_max_connections);
+        problems.positive("gateway.ws_max_subscriptions", gateway.ws_max_subscriptions);
+        problems.positive("gateway.ws_max_message_bytes", gateway.ws_max_message_bytes);
+        problems.positive("gateway.ws_ping_interval_ms", gateway.ws_ping_interval_ms);
         let mut seen = BTreeSet::new();
         for (index, token) in gateway.tokens.iter().enumerate() {
             let key = format!("gateway.tokens[{index}].token");

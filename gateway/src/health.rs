@@ -7,6 +7,7 @@ use grokforge_actors::services::discovery::{DiscoveryMessage, NodeInfo};
 use grokforge_actors::services::monitoring::MonitoringServiceMessage;
 use grokforge_actors::{HealthState, names};
 use serde::Serialize;
+use utoipa::ToSchema;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
@@ -25,8 +26,27 @@ async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
         .map_err(|error| Problem::unavailable(format!("cannot check health: {error}"), 1))
 }
 
+/// The node's health
+///
 /// Each service's state, the dependency graph and the overall status, from checks run now.
 /// 200 while the node is healthy or degraded, 503 when it is unhealthy.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "node",
+    responses(
+        (status = 200, description = "Healthy or degraded.", body = HealthReport),
+        (status = 503, description = "Unhealthy (the report says why), or the checks could not \
+            be run (a problem).",
+            content(
+                (HealthReport = "application/json"),
+                (Problem = "application/problem+json"),
+            ),
+            headers(("Retry-After" = u64,
+                description = "With the problem: seconds to wait before retrying."))),
+    ),
+)]
 pub async fn health(state: GatewayState) -> Result<Response, warp::Rejection> {
     Ok(match fresh_report(&state).await {
         Ok(report) => {
@@ -41,15 +61,29 @@ pub async fn health(state: GatewayState) -> Result<Response, warp::Rejection> {
     })
 }
 
-#[derive(Serialize)]
+/// The body of `GET /ready`.
+#[derive(Serialize, ToSchema)]
 struct Readiness {
     ready: bool,
     node_id: String,
+    /// Why the node is not ready; empty when it is.
     reasons: Vec<String>,
 }
 
+/// Whether the node accepts work
+///
 /// Whether the node accepts work: not draining, and the services that take work (training,
 /// model) and the database are not unhealthy.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "ready",
+    tag = "node",
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready; `reasons` says why.", body = Readiness),
+    ),
+)]
 pub async fn ready(state: GatewayState) -> Result<Response, warp::Rejection> {
     let mut reasons = Vec::new();
     if state.shutting_down.load(Ordering::Acquire) {
@@ -98,6 +132,20 @@ pub fn metrics(state: GatewayState) -> Response {
     .into_response()
 }
 
+/// The live nodes of the cluster
+#[utoipa::path(
+    get,
+    path = "/cluster/nodes",
+    operation_id = "cluster_nodes",
+    tag = "node",
+    responses(
+        (status = 200, description = "Every live node, this one included.", body = [NodeInfo]),
+        (status = 503, description = "The discovery service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn cluster_nodes(state: GatewayState) -> Result<Response, warp::Rejection> {
     let nodes = state
         .directory

@@ -1,15 +1,17 @@
 //! Phases and jobs: `POST /phases/{phase}/start`, `GET /phases`, `GET /phases/{phase}/status`,
 //! `GET /jobs`, `GET /jobs/{id}`, `POST /jobs/{id}/cancel`, `GET /jobs/{id}/events?since=`.
 
-use grokforge_actors::names;
-use grokforge_actors::services::training::{TrainingError, TrainingServiceMessage};
-use grokforge_actors::storage::jobs::{JobFilter, JobStatus};
+use grokforge_actors::services::training::{PhaseSummary, TrainingError, TrainingServiceMessage};
+use grokforge_actors::storage::jobs::{JobFilter, JobRecord, JobStatus};
 use grokforge_actors::training_core::{Phase, PhaseError, TrainSpec, phases_with_recipe};
+use grokforge_actors::{EventEnvelope, names};
 use serde::Deserialize;
+use utoipa::IntoParams;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
+use crate::openapi::PhaseEntry;
 use crate::problem::{Problem, json_or_problem, parse_id};
 
 fn phase_names(phases: &[Phase]) -> Vec<String> {
@@ -59,8 +61,43 @@ async fn call<R: Send + 'static>(
         .await
 }
 
+/// Queue a training job for a phase
+///
 /// The start body: the flags of `grokforge train` as fields (`checkpoint_every`, …), every one
-/// optional, plus the queue priority.
+/// optional, plus the queue priority. An empty body queues the defaults.
+#[utoipa::path(
+    post,
+    path = "/phases/{phase}/start",
+    operation_id = "start_phase",
+    tag = "jobs",
+    params(("phase" = Phase, Path, description = "The phase to run.")),
+    // A free-form ref, because utoipa marks any typed body required (or, for an `Option`,
+    // nullable); this body may be left out, which the default `required: false` says.
+    request_body(
+        content = ref("#/components/schemas/StartJobRequest"),
+        content_type = "application/json",
+        description = "Training settings; every field is optional and has a default, and an \
+            empty body queues the defaults.",
+    ),
+    responses(
+        (status = 202, description = "Queued; the new job record.", body = JobRecord),
+        (status = 400, description = "The body is not a JSON object.", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 404, description = "No such phase; `valid_phases` lists the phases.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the gateway's limit.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A setting is invalid or unknown; `field` names it.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "The phase has no recipe yet and nothing was queued; \
+            `phases_with_recipe` lists those that have one.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The training service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn start(
     phase: String,
     body: bytes::Bytes,
@@ -111,6 +148,16 @@ pub async fn start(
     Ok(json_or_problem(result, StatusCode::ACCEPTED))
 }
 
+/// List the phases
+///
+/// Every phase of the pipeline in order, and whether it has a recipe (can be started).
+#[utoipa::path(
+    get,
+    path = "/phases",
+    operation_id = "list_phases",
+    tag = "jobs",
+    responses((status = 200, description = "The phases in pipeline order.", body = [PhaseEntry])),
+)]
 pub async fn phases(_state: GatewayState) -> Result<Response, warp::Rejection> {
     let with_recipe = phases_with_recipe();
     let phases: Vec<serde_json::Value> = Phase::ALL
@@ -120,6 +167,24 @@ pub async fn phases(_state: GatewayState) -> Result<Response, warp::Rejection> {
     Ok(warp::reply::json(&phases).into_response())
 }
 
+/// A phase's jobs and models at a glance
+#[utoipa::path(
+    get,
+    path = "/phases/{phase}/status",
+    operation_id = "phase_status",
+    tag = "jobs",
+    params(("phase" = Phase, Path, description = "The phase.")),
+    responses(
+        (status = 200, description = "Job counts by status and the latest job.",
+            body = PhaseSummary),
+        (status = 404, description = "No such phase; `valid_phases` lists the phases.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The training service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn phase_status(phase: String, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = match parse_phase(&phase) {
         Ok(phase) => {
@@ -133,14 +198,42 @@ pub async fn phase_status(phase: String, state: GatewayState) -> Result<Response
     Ok(json_or_problem(result, StatusCode::OK))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
+    /// Only jobs of this phase (an unknown phase is a 404).
+    #[param(value_type = Option<Phase>)]
     phase: Option<String>,
+    /// Only jobs in this state (an unknown state is a 400).
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// At most this many, newest first.
     limit: Option<u32>,
 }
 
+/// List jobs
+///
+/// Newest first, optionally filtered by phase and status.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(JobQuery),
+    responses(
+        (status = 200, description = "The matching jobs, newest first.", body = [JobRecord]),
+        (status = 400, description = "An unknown status (`valid_statuses` lists them) or an \
+            unknown or malformed query parameter.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such phase; `valid_phases` lists the phases.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The training service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn list(query: JobQuery, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = async {
         let status = match query.status.as_deref() {
@@ -177,6 +270,23 @@ pub async fn list(query: JobQuery, state: GatewayState) -> Result<Response, warp
     Ok(json_or_problem(result, StatusCode::OK))
 }
 
+/// One job
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job id.")),
+    responses(
+        (status = 200, description = "The job record.", body = JobRecord),
+        (status = 404, description = "No job with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The training service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = match parse_id("job", &id) {
         Ok(id) => call(&state, |reply| TrainingServiceMessage::GetJob(id, reply)).await,
@@ -185,6 +295,26 @@ pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Reje
     Ok(json_or_problem(result, StatusCode::OK))
 }
 
+/// Cancel a job
+///
+/// A queued or interrupted job is cancelled at once; a running one stops at its next step and
+/// writes a checkpoint. Cancelling a finished job changes nothing and answers its record.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/cancel",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job id.")),
+    responses(
+        (status = 202, description = "Cancel requested; the job record.", body = JobRecord),
+        (status = 404, description = "No job with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The training service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn cancel(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = match parse_id("job", &id) {
         Ok(id) => call(&state, |reply| TrainingServiceMessage::CancelJob(id, reply)).await,
@@ -193,14 +323,37 @@ pub async fn cancel(id: String, state: GatewayState) -> Result<Response, warp::R
     Ok(json_or_problem(result, StatusCode::ACCEPTED))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Only events with a sequence number above this one (0, the default: from the start).
     #[serde(default)]
     since: u64,
 }
 
-/// The job's event log after `since`, as the envelopes that were published.
+/// A job's event log
+///
+/// The job's event log after `since`, as the envelopes that were published, in sequence order.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}/events",
+    operation_id = "job_events",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "The job id."), EventsQuery),
+    responses(
+        (status = 200, description = "The events after `since`, oldest first.",
+            body = [EventEnvelope]),
+        (status = 400, description = "An unknown or malformed query parameter.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No job with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The training service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn events(
     id: String,
     query: EventsQuery,

@@ -2,25 +2,41 @@
 //!
 //! * [`routes`] — every route of the node, with errors as RFC 9457 problem details.
 //! * [`serve`] — serves the routes on a bound listener until a shutdown future resolves.
+//! * [`auth`] — bearer tokens with roles; the generated admin token.
+//! * [`ws`] — the WebSocket endpoint, one session per client over the node's WebSocketHub.
+//! * [`openapi`] — the OpenAPI document, generated from the handlers' types.
 //! * [`problem`] — the `application/problem+json` error body and the rejection handler.
 //!
 //! The gateway holds no state of its own: it calls the node's actors through the service
-//! directory, each call with a deadline.
+//! directory, each call behind a circuit breaker per service and with a deadline.
 
+pub mod auth;
 mod health;
 mod jobs;
+mod metrics;
 mod models;
+pub mod openapi;
 pub mod problem;
+pub mod ws;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use grokforge_actors::{NodeMetrics, ServiceDirectory};
+use grokforge_actors::resilience::{
+    BreakerConfig, CircuitBreaker, Jitter, RetryPolicy, SystemClock, retry,
+};
+use grokforge_actors::{NodeMetrics, ServiceDirectory, names};
+use grokforge_config::Role;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use warp::Filter;
+
+pub use auth::Tokens;
+pub use ws::WebSocketLimits;
 
 /// What the handlers need from the node.
 #[derive(Clone)]
@@ -38,11 +54,67 @@ pub struct GatewayState {
     pub max_body_bytes: u64,
     /// Where the registry keeps its files (export downloads are read from here).
     pub artifacts_dir: std::path::PathBuf,
+    pub tokens: Arc<Tokens>,
+    pub websocket: WebSocketLimits,
+    /// One breaker per service the gateway calls.
+    pub breakers: Breakers,
+    /// Cancelled when the gateway stops: open WebSocket sessions close with 1001.
+    pub shutdown: CancellationToken,
+}
+
+/// The gateway's circuit breakers, one per service, their states mirrored in
+/// `grokforge_breaker_state{breaker}`.
+#[derive(Clone)]
+pub struct Breakers {
+    by_service: Arc<HashMap<&'static str, CircuitBreaker>>,
+    /// How long the gateway waits for a restarting actor to be back in the directory.
+    lookup: RetryPolicy,
+}
+
+impl Breakers {
+    pub fn new(config: BreakerConfig, metrics: &NodeMetrics) -> Breakers {
+        let services = [
+            names::TRAINING_SERVICE,
+            names::MODEL_SERVICE,
+            names::MONITORING_SERVICE,
+            names::WEBSOCKET_HUB,
+            names::DISCOVERY,
+            names::EVENT_BUS,
+        ];
+        let gauge = metrics.breaker_state.clone();
+        let by_service = services
+            .into_iter()
+            .map(|service| {
+                gauge.with_label_values(&[service]).set(0);
+                let gauge = gauge.clone();
+                let breaker = CircuitBreaker::new(service, config.clone(), Arc::new(SystemClock))
+                    .with_observer(Arc::new(move |name, from, to| {
+                        tracing::warn!(breaker = name, %from, %to, "circuit breaker changed state");
+                        gauge.with_label_values(&[name]).set(to.as_gauge());
+                    }));
+                (service, breaker)
+            })
+            .collect();
+        Breakers {
+            by_service: Arc::new(by_service),
+            lookup: RetryPolicy {
+                max_attempts: 4,
+                initial_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(400),
+                multiplier: 2.0,
+                jitter: Jitter::Full,
+                deadline: Some(Duration::from_secs(1)),
+            },
+        }
+    }
 }
 
 impl GatewayState {
-    /// Calls `service` with the gateway's deadline and maps its error with `to_problem`: an
-    /// actor that does not answer in time is a 503 with Retry-After, never a hung request.
+    /// Calls `service` and maps its error with `to_problem`. An actor that is restarting is
+    /// waited for briefly (retry with backoff and jitter: the message has not been sent, so
+    /// this is safe for any request); one that does not answer in time, or whose breaker is
+    /// open after repeated failures, is a 503 with Retry-After — never a hung request. The
+    /// message itself is sent once: a timed-out start or cancel may have been carried out.
     pub(crate) async fn call_service<M, R, E>(
         &self,
         service: &'static str,
@@ -54,11 +126,50 @@ impl GatewayState {
         R: Send + 'static,
         E: Send + 'static,
     {
-        self.directory
-            .call::<M, _, _>(service, build, self.call_timeout)
-            .await
-            .map_err(|e| problem::Problem::unavailable(e.to_string(), 1))?
-            .map_err(to_problem)
+        use problem::Problem;
+        let permit = match self.breakers.by_service.get(service) {
+            Some(breaker) => Some(breaker.try_acquire().map_err(|open| {
+                Problem::unavailable(
+                    format!("{service} is failing; the gateway stopped calling it for a while"),
+                    open.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                )
+            })?),
+            None => None,
+        };
+        let actor = retry(
+            &self.breakers.lookup,
+            |_| true,
+            |_| async {
+                self.directory
+                    .get::<M>(service)
+                    .ok_or(grokforge_actors::CallError::Unavailable { service })
+            },
+        )
+        .await
+        .map_err(|e| Problem::unavailable(e.last.to_string(), 1))?;
+        let reply = match actor.call(build, Some(self.call_timeout)).await {
+            Ok(ractor::rpc::CallResult::Success(reply)) => reply,
+            Ok(ractor::rpc::CallResult::Timeout) => {
+                return Err(Problem::unavailable(
+                    format!(
+                        "{service} did not answer within {} ms",
+                        self.call_timeout.as_millis()
+                    ),
+                    1,
+                ));
+            }
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
+                return Err(Problem::unavailable(
+                    format!("{service} dropped the request"),
+                    1,
+                ));
+            }
+        };
+        // The actor answered: whatever it said, it is alive.
+        if let Some(permit) = permit {
+            permit.success();
+        }
+        reply.map_err(to_problem)
     }
 }
 
@@ -66,8 +177,18 @@ impl GatewayState {
 pub fn routes(
     state: GatewayState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
-    let state_max_body = state.max_body_bytes;
+    let max_body_bytes = state.max_body_bytes;
+    let tokens = state.tokens.clone();
+    let metrics_registry = state.metrics.clone();
     let with_state = warp::any().map(move || state.clone());
+    let guard = |need: Role| {
+        auth::require(tokens.clone(), need)
+            .map(|_| ())
+            .untuple_one()
+    };
+    let read = guard(Role::Read);
+    let user = guard(Role::User);
+
     let health = warp::path!("health")
         .and(warp::get())
         .and(with_state.clone())
@@ -78,67 +199,90 @@ pub fn routes(
         .and_then(health::ready);
     let metrics = warp::path!("metrics")
         .and(warp::get())
+        .and(auth::metrics_access(tokens.clone()))
         .and(with_state.clone())
-        .map(health::metrics);
+        .and_then(metrics::metrics);
     let nodes = warp::path!("cluster" / "nodes")
         .and(warp::get())
+        .and(read.clone())
         .and(with_state.clone())
         .and_then(health::cluster_nodes);
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .and(read.clone())
+        .map(|| warp::reply::with_header(openapi::json(), "content-type", "application/json"));
+    let websocket = warp::path!("ws")
+        .and(warp::get())
+        .and(auth::require_header_or_query(tokens.clone(), Role::Read))
+        .and(warp::ws())
+        .and(with_state.clone())
+        .and_then(|principal, ws, state| ws::upgrade(ws, principal, state));
 
-    let max_body_bytes = state_max_body;
     let start = warp::path!("phases" / String / "start")
         .and(warp::post())
+        .and(user.clone())
         .and(warp::body::content_length_limit(max_body_bytes))
         .and(warp::body::bytes())
         .and(with_state.clone())
         .and_then(jobs::start);
     let phases = warp::path!("phases")
         .and(warp::get())
+        .and(read.clone())
         .and(with_state.clone())
         .and_then(jobs::phases);
     let phase_status = warp::path!("phases" / String / "status")
         .and(warp::get())
+        .and(read.clone())
         .and(with_state.clone())
         .and_then(jobs::phase_status);
     let list_jobs = warp::path!("jobs")
         .and(warp::get())
+        .and(read.clone())
         .and(warp::query::<jobs::JobQuery>())
         .and(with_state.clone())
         .and_then(jobs::list);
     let get_job = warp::path!("jobs" / String)
         .and(warp::get())
+        .and(read.clone())
         .and(with_state.clone())
         .and_then(jobs::get);
     let cancel_job = warp::path!("jobs" / String / "cancel")
         .and(warp::post())
+        .and(user.clone())
         .and(with_state.clone())
         .and_then(jobs::cancel);
     let job_events = warp::path!("jobs" / String / "events")
         .and(warp::get())
+        .and(read.clone())
         .and(warp::query::<jobs::EventsQuery>())
         .and(with_state.clone())
         .and_then(jobs::events);
     let list_models = warp::path!("models")
         .and(warp::get())
+        .and(read.clone())
         .and(warp::query::<models::ModelQuery>())
         .and(with_state.clone())
         .and_then(models::list);
     let get_model = warp::path!("models" / String)
         .and(warp::get())
+        .and(read.clone())
         .and(with_state.clone())
         .and_then(models::get);
     let delete_model = warp::path!("models" / String)
         .and(warp::delete())
+        .and(user.clone())
         .and(with_state.clone())
         .and_then(models::delete);
     let export = warp::path!("models" / "export")
         .and(warp::post())
+        .and(user)
         .and(warp::body::content_length_limit(max_body_bytes))
         .and(warp::body::bytes())
         .and(with_state.clone())
         .and_then(models::export);
     let download = warp::path!("exports" / String)
         .and(warp::get())
+        .and(read)
         .and(with_state)
         .and_then(models::download);
 
@@ -146,6 +290,8 @@ pub fn routes(
         .or(ready)
         .or(metrics)
         .or(nodes)
+        .or(openapi)
+        .or(websocket)
         .or(start)
         .or(phases)
         .or(phase_status)
@@ -159,20 +305,28 @@ pub fn routes(
         .or(delete_model)
         .or(download)
         .recover(problem::recover)
+        .with(warp::log::custom(move |info| {
+            metrics::observe_request(&metrics_registry, &info)
+        }))
 }
 
-/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting and lets
-/// in-flight requests finish. `listening` is true while connections are accepted.
+/// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting, closes the
+/// WebSocket sessions and lets in-flight requests finish. `listening` is true while
+/// connections are accepted.
 pub async fn serve(
     listener: TcpListener,
     state: GatewayState,
     listening: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let sessions = state.shutdown.clone();
     listening.store(true, Ordering::Release);
     warp::serve(routes(state))
         .incoming(listener)
-        .graceful(shutdown)
+        .graceful(async move {
+            shutdown.await;
+            sessions.cancel();
+        })
         .run()
         .await;
     listening.store(false, Ordering::Release);

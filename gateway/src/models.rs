@@ -6,8 +6,12 @@
 
 use grokforge_actors::names;
 use grokforge_actors::services::model::ModelServiceMessage;
-use grokforge_actors::storage::{Compression, ExportFormat, ModelFilter, StorageError};
+use grokforge_actors::storage::export::ExportManifest;
+use grokforge_actors::storage::{
+    Compression, ExportFormat, ExportRecord, ModelFilter, ModelRecord, StorageError,
+};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -38,15 +42,39 @@ async fn call<R: Send + 'static>(
         .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ModelQuery {
+    /// Only models of this phase.
     phase: Option<String>,
+    /// Only models of this name.
     name: Option<String>,
+    /// Only models carrying this tag.
     tag: Option<String>,
+    /// Only winners (`true`) or only non-winners (`false`).
     winner: Option<bool>,
 }
 
+/// List models
+///
+/// Models in the registry, oldest first, optionally filtered.
+#[utoipa::path(
+    get,
+    path = "/models",
+    operation_id = "list_models",
+    tag = "models",
+    params(ModelQuery),
+    responses(
+        (status = 200, description = "The matching models, oldest first.", body = [ModelRecord]),
+        (status = 400, description = "An unknown or malformed query parameter.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn list(query: ModelQuery, state: GatewayState) -> Result<Response, warp::Rejection> {
     let filter = ModelFilter {
         phase: query.phase,
@@ -58,6 +86,24 @@ pub async fn list(query: ModelQuery, state: GatewayState) -> Result<Response, wa
     Ok(json_or_problem(result, StatusCode::OK))
 }
 
+/// One model
+#[utoipa::path(
+    get,
+    path = "/models/{id}",
+    operation_id = "get_model",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "The model id.")),
+    responses(
+        (status = 200, description = "The model record with its files and checksums.",
+            body = ModelRecord),
+        (status = 404, description = "No model with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = match parse_id("model", &id) {
         Ok(id) => call(&state, |reply| ModelServiceMessage::Get(id, reply)).await,
@@ -66,6 +112,25 @@ pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Reje
     Ok(json_or_problem(result, StatusCode::OK))
 }
 
+/// Delete a model
+///
+/// Removes the model's record, then its files.
+#[utoipa::path(
+    delete,
+    path = "/models/{id}",
+    operation_id = "delete_model",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "The model id.")),
+    responses(
+        (status = 200, description = "Deleted; the record that was deleted.", body = ModelRecord),
+        (status = 404, description = "No model with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn delete(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = match parse_id("model", &id) {
         Ok(id) => call(&state, |reply| ModelServiceMessage::Delete(id, reply)).await,
@@ -74,18 +139,47 @@ pub async fn delete(id: String, state: GatewayState) -> Result<Response, warp::R
     Ok(json_or_problem(result, StatusCode::OK))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /models/export`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportRequest {
+    /// The models to package; at least one.
     model_ids: Vec<Uuid>,
     /// `all` (default), `primary` or `safetensors`.
     #[serde(default)]
+    #[schema(value_type = Option<ExportFormat>)]
     format: Option<String>,
     /// A zip archive (default) or, with `false`, a directory.
     #[serde(default)]
     compression: Option<bool>,
 }
 
+/// Export models as a package
+///
+/// Packages the models (files, configs, metadata and an `export_manifest.json` with every
+/// checksum) under the artifacts directory; download it with `GET /exports/{id}`.
+#[utoipa::path(
+    post,
+    path = "/models/export",
+    operation_id = "export_models",
+    tag = "models",
+    request_body = ExportRequest,
+    responses(
+        (status = 202, description = "Packaged; the export record (its `id` is the download id).",
+            body = ExportRecord),
+        (status = 404, description = "Some of the models do not exist; every missing id is named.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than the gateway's limit.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The body is invalid (`field` names the field), or a model \
+            cannot be exported in the asked format.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn export(body: bytes::Bytes, state: GatewayState) -> Result<Response, warp::Rejection> {
     let result = async {
         let request: ExportRequest =
@@ -128,7 +222,35 @@ pub async fn export(body: bytes::Bytes, state: GatewayState) -> Result<Response,
     Ok(json_or_problem(result, StatusCode::ACCEPTED))
 }
 
+/// Download an export
+///
 /// Downloads an export: the zip archive, or the manifest of a directory export.
+#[utoipa::path(
+    get,
+    path = "/exports/{id}",
+    operation_id = "download_export",
+    tag = "models",
+    params(("id" = Uuid, Path, description = "The export id (`id` of the export record).")),
+    responses(
+        (status = 200, description = "The package: a zip archive, or for an export made with \
+            `compression: false` its `export_manifest.json`.",
+            content(
+                ("application/zip"),
+                (ExportManifest = "application/json"),
+            ),
+            headers(("Content-Disposition" = String,
+                description = "`attachment; filename=\"grokforge-export-{id}.zip\"` or \
+                    `attachment; filename=\"export_manifest.json\"`."))),
+        (status = 404, description = "No export with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The export is recorded but its files are gone.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The model service is unavailable (no answer in time, or \
+            restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 pub async fn download(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
     let record = match parse_id("export", &id) {
         Ok(id) => call(&state, |reply| ModelServiceMessage::GetExport(id, reply)).await,

@@ -4,23 +4,45 @@
 use std::convert::Infallible;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-#[derive(Debug, Clone, Serialize)]
+/// An RFC 9457 problem: the body of every error the gateway answers.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "about:blank",
+    "title": "Not Found",
+    "status": 404,
+    "detail": "unknown phase `cognat`",
+    "valid_phases": ["cognate", "evomerge"]
+}))]
 pub struct Problem {
+    /// The problem type; `about:blank` (the status says it all).
     #[serde(rename = "type")]
     pub type_uri: String,
+    /// The status's reason phrase.
     pub title: String,
+    /// The HTTP status code.
     pub status: u16,
+    /// What went wrong, for a person.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// Problem-specific members (RFC 9457 §3.2), e.g. the list of valid phases.
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// Response headers beyond the content type; boxed, because most problems have none and
+    /// a `Problem` travels in every handler's `Result`.
     #[serde(skip)]
+    headers: Option<Box<ProblemHeaders>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ProblemHeaders {
     retry_after_secs: Option<u64>,
+    /// `WWW-Authenticate` on a 401.
+    other: Vec<(&'static str, &'static str)>,
 }
 
 impl Problem {
@@ -31,8 +53,20 @@ impl Problem {
             status: status.as_u16(),
             detail: Some(detail.into()),
             extensions: serde_json::Map::new(),
-            retry_after_secs: None,
+            headers: None,
         }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Problem {
+        self.headers
+            .get_or_insert_default()
+            .other
+            .push((name, value));
+        self
+    }
+
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.headers.as_ref().and_then(|h| h.retry_after_secs)
     }
 
     pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Problem {
@@ -43,7 +77,7 @@ impl Problem {
     /// A 503 that tells the client when to come back.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Problem {
         let mut problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail);
-        problem.retry_after_secs = Some(retry_after_secs);
+        problem.headers.get_or_insert_default().retry_after_secs = Some(retry_after_secs);
         problem
     }
 }
@@ -59,16 +93,29 @@ impl warp::Reply for Problem {
             "content-type",
             warp::http::HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(secs) = self.retry_after_secs {
-            headers.insert("retry-after", warp::http::HeaderValue::from(secs));
+        if let Some(extra) = self.headers {
+            if let Some(secs) = extra.retry_after_secs {
+                headers.insert("retry-after", warp::http::HeaderValue::from(secs));
+            }
+            for (name, value) in extra.other {
+                headers.insert(name, warp::http::HeaderValue::from_static(value));
+            }
         }
         response
     }
 }
 
+/// A problem raised by a filter (auth) rather than a handler; [`recover`] answers it as is.
+#[derive(Debug)]
+pub struct Rejected(pub Problem);
+
+impl warp::reject::Reject for Rejected {}
+
 /// Turns warp's rejections into problem details; nothing leaves the gateway as a bare 404/500.
 pub async fn recover(rejection: warp::Rejection) -> Result<Problem, Infallible> {
-    let problem = if rejection.is_not_found() {
+    let problem = if let Some(Rejected(problem)) = rejection.find::<Rejected>() {
+        problem.clone()
+    } else if rejection.is_not_found() {
         Problem::new(StatusCode::NOT_FOUND, "no such route")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         Problem::new(

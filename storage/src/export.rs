@@ -37,6 +37,7 @@ pub const EXPORT_MANIFEST_FILE: &str = "export_manifest.json";
 
 /// Which of a model's files go into the package (its config and metadata always do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// Every file the model was saved with (Burn record, safetensors, …).
@@ -90,6 +91,7 @@ impl ExportFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Compression {
     /// A plain directory.
@@ -100,6 +102,7 @@ pub enum Compression {
 
 /// An export package as recorded in the database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportRecord {
     pub id: Uuid,
     pub created_at: DateTime<Utc>,
@@ -113,6 +116,7 @@ pub struct ExportRecord {
 
 /// `export_manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportManifest {
     pub schema_version: u32,
     pub export_id: Uuid,
@@ -123,6 +127,7 @@ pub struct ExportManifest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedModel {
     pub id: Uuid,
     pub name: String,
@@ -137,6 +142,7 @@ pub struct ExportedModel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExportedFile {
     pub path: String,
     pub size_bytes: u64,

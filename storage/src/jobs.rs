@@ -19,6 +19,7 @@ use crate::db::{Backend, Database, with_pool};
 use crate::models::now_micros;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     Queued,
@@ -64,6 +65,7 @@ impl JobStatus {
 
 /// One failed attempt, kept when the job is retried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptError {
     pub attempt: u32,
     pub node: Option<String>,
@@ -72,9 +74,11 @@ pub struct AttemptError {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRecord {
     pub id: Uuid,
     pub phase: String,
+    /// The training settings the job was started with (a `TrainSpec` as JSON).
     pub spec: serde_json::Value,
     pub status: JobStatus,
     /// Higher runs first.
@@ -85,6 +89,7 @@ pub struct JobRecord {
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
     pub last_checkpoint_path: Option<String>,
+    /// The `data` of the job's latest `training_progress` event.
     pub progress: Option<serde_json::Value>,
     pub error: Option<String>,
     pub attempt_errors: Vec<AttemptError>,
@@ -114,6 +119,7 @@ pub struct JobFilter {
 
 /// One entry of a job's event log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobEvent {
     pub job_id: Uuid,
     pub seq: u64,

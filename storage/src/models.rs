@@ -26,6 +26,7 @@ use crate::{StorageError, blocking};
 
 /// One file of a model, as listed in its manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelFile {
     pub name: String,
     pub size_bytes: u64,
@@ -43,6 +44,7 @@ impl ModelFile {
 
 /// A model as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRecord {
     pub id: Uuid,
     pub name: String,
@@ -563,6 +565,20 @@ impl ModelRegistry {
                 .await
         });
         rows.and_then(group_models).map_err(|e| self.db.error(e))
+    }
+
+    /// How many models each phase has (phases with none are absent).
+    pub async fn count_by_phase(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let rows: Result<Vec<(String, i64)>, sqlx::Error> = with_pool!(&self.db, |pool| {
+            sqlx::query_as("SELECT phase, COUNT(*) FROM models GROUP BY phase ORDER BY phase")
+                .fetch_all(pool)
+                .await
+        });
+        Ok(rows
+            .map_err(|e| self.db.error(e))?
+            .into_iter()
+            .map(|(phase, count)| (phase, u64::try_from(count).unwrap_or(0)))
+            .collect())
     }
 
     /// The winner of `phase`, if one is marked.

@@ -224,6 +224,11 @@ async fn list_filters_by_phase_name_tag_and_winner(db: Database, artifacts: Path
     let b1 = registry.save(tagged).await.unwrap();
     registry.mark_winner(a2.id).await.unwrap();
 
+    assert_eq!(
+        registry.count_by_phase().await.unwrap(),
+        vec![("cognate".to_string(), 2), ("evomerge".to_string(), 1)]
+    );
+
     let ids = |records: Vec<grokforge_storage::ModelRecord>| -> Vec<Uuid> {
         records.into_iter().map(|r| r.id).collect()
     };

@@ -48,7 +48,9 @@ pub fn grokforge() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_grokforge"));
     command
         .env_remove("LD_LIBRARY_PATH")
-        .env_remove("GROKFORGE_CONFIG");
+        .env_remove("GROKFORGE_CONFIG")
+        .env_remove("GROKFORGE_SERVER")
+        .env_remove("GROKFORGE_TOKEN");
     for (key, _) in std::env::vars() {
         if key.starts_with("GROKFORGE__") {
             command.env_remove(key);
@@ -57,11 +59,35 @@ pub fn grokforge() -> Command {
     command
 }
 
-/// Starts `grokforge serve` on port 0 with `data_dir` and returns once it printed its address.
+/// Tokens of the test servers started by [`start`], one per role.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const USER_TOKEN: &str = "test-user-token";
+pub const READ_TOKEN: &str = "test-read-token";
+
+/// Starts `grokforge serve` on port 0 with `data_dir` and the test tokens of each role, and
+/// returns once it printed its address.
 pub fn start(data_dir: &Path) -> Server {
+    let config = data_dir.join("test-tokens.toml");
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[gateway.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n\
+             [[gateway.tokens]]\ntoken = \"{USER_TOKEN}\"\nrole = \"user\"\n\
+             [[gateway.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n"
+        ),
+    )
+    .unwrap();
+    start_with(data_dir, &["--config".as_ref(), config.as_os_str()]).0
+}
+
+/// Starts `grokforge serve` on port 0 with `data_dir` and `extra` arguments; returns the server
+/// once it printed its address, with the lines it printed up to then.
+pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> (Server, Vec<String>) {
     let child = grokforge()
         .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -81,21 +107,41 @@ pub fn start(data_dir: &Path) -> Server {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lines = Vec::new();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let line = receiver
             .recv_timeout(remaining)
             .expect("`listening on` within 60 s");
+        lines.push(line.clone());
         if let Some(base) = line.strip_prefix("listening on ") {
             server.base = base.trim().to_string();
-            return server;
+            // What the node prints right after its address (the admin token line).
+            if let Ok(next) = receiver.recv_timeout(Duration::from_millis(500)) {
+                lines.push(next);
+            }
+            return (server, lines);
         }
     }
 }
 
+/// A client that sends the admin test token.
 pub fn client() -> reqwest::Client {
+    client_with(Some(ADMIN_TOKEN))
+}
+
+/// A client that sends `token`, or no token at all.
+pub fn client_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+    }
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(headers)
         .build()
         .unwrap()
 }
@@ -125,4 +171,115 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A WebSocket client of `/ws`, reading JSON frames with deadlines.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+pub fn ws_url(base: &str, token: &str) -> String {
+    format!("{}/ws?token={token}", base.replacen("http://", "ws://", 1))
+}
+
+impl WsClient {
+    /// Connects with the admin test token and reads `connection_established`.
+    pub async fn connect(base: &str) -> WsClient {
+        Self::connect_with(base, ADMIN_TOKEN).await
+    }
+
+    pub async fn connect_with(base: &str, token: &str) -> WsClient {
+        let (stream, _) = tokio_tungstenite::connect_async(ws_url(base, token))
+            .await
+            .expect("the websocket handshake succeeds");
+        let mut client = WsClient { stream };
+        let hello = client.next_json(Duration::from_secs(5)).await;
+        assert_eq!(hello["type"], "connection_established", "{hello}");
+        client
+    }
+
+    pub async fn send_json(&mut self, value: serde_json::Value) {
+        use futures::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                value.to_string(),
+            ))
+            .await
+            .expect("the frame is sent");
+    }
+
+    /// The next text frame as JSON, skipping pings; panics on close or after `deadline`.
+    pub async fn next_json(&mut self, deadline: Duration) -> serde_json::Value {
+        match self.next_frame(deadline).await {
+            Ok(value) => value,
+            Err(close) => panic!("the server closed the socket: {close:?}"),
+        }
+    }
+
+    /// The next text frame as JSON, or the close frame's (code, reason) when the server closes.
+    pub async fn next_frame(
+        &mut self,
+        deadline: Duration,
+    ) -> Result<serde_json::Value, (u16, String)> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let message = tokio::time::timeout_at(until, self.stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame within {deadline:?}"));
+            match message {
+                Some(Ok(Message::Text(text))) => {
+                    return Ok(serde_json::from_str(text.as_str()).expect("frames are JSON"));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Err(frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new())));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err((1006, error.to_string())),
+                None => return Err((1006, "stream ended".into())),
+            }
+        }
+    }
+
+    /// Subscribes and waits for the confirmation.
+    pub async fn subscribe(&mut self, topic: &str, since: Option<u64>) -> serde_json::Value {
+        let mut frame = serde_json::json!({"type": "subscribe", "topic": topic});
+        if let Some(since) = since {
+            frame["since"] = since.into();
+        }
+        self.send_json(frame).await;
+        let confirmed = self.next_json(Duration::from_secs(10)).await;
+        assert_eq!(confirmed["type"], "subscription_confirmed", "{confirmed}");
+        assert_eq!(confirmed["topic"], topic);
+        confirmed
+    }
+}
+
+/// Opens a downloaded export archive and checks every file against the SHA-256 its manifest
+/// records; returns the manifest and how many files were checked.
+pub fn verify_export_zip(bytes: &[u8]) -> (serde_json::Value, usize) {
+    use sha2::Digest;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_reader(zip.by_name("export_manifest.json").unwrap()).unwrap();
+    let mut checked = 0;
+    for model in manifest["models"].as_array().unwrap() {
+        for file in model["files"].as_array().unwrap() {
+            let path = file["path"].as_str().unwrap();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut zip.by_name(path).unwrap(), &mut content).unwrap();
+            assert_eq!(
+                format!("{:x}", sha2::Sha256::digest(&content)),
+                file["sha256"].as_str().unwrap(),
+                "{path}"
+            );
+            checked += 1;
+        }
+    }
+    (manifest, checked)
 }

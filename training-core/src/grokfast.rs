@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 
 /// How the MA filter reduces its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MaReduction {
     /// The mean of the window (the reference's default).
@@ -121,6 +122,7 @@ fn finite(field: &'static str, value: f64) -> Result<()> {
 
 /// The filter kind alone, as the `--grokfast` flag names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GrokFastKind {
     /// No filter.

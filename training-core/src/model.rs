@@ -103,6 +103,7 @@ impl TransformerConfig {
 
 /// Named model sizes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelPreset {
     /// The Grokfast paper's algorithmic model: 2 layers, d = 128, 4 heads, no dropout

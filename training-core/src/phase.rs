@@ -36,6 +36,11 @@ use crate::train::{
 
 /// A phase of the Agent Forge pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(rename_all = "kebab-case")
+)]
 pub enum Phase {
     /// Foundation models from scratch.
     #[default]

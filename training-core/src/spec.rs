@@ -18,6 +18,7 @@ use crate::train::{OptimizerConfig, OptimizerKind, RunConfig};
 
 /// What setting the `cognate` recipe varies between its variants (besides the seed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VariedSetting {
     /// Only the seed differs.
@@ -31,6 +32,7 @@ pub enum VariedSetting {
 
 /// A training request. See the module documentation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSpec {
     /// The phase to run.
@@ -48,10 +50,12 @@ pub struct TrainSpec {
     /// An algorithmic task such as `mod-mul:97`. Used when `text` is not given.
     pub dataset: Option<String>,
     /// A local text corpus (UTF-8 text, or `.jsonl` reading `text_field`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub text: Option<PathBuf>,
     /// The JSONL field holding the text.
     pub text_field: String,
     /// A Hugging Face `tokenizer.json` for `text`; default the byte-level tokenizer.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub tokenizer: Option<PathBuf>,
     /// Sequence length for text.
     pub seq_len: usize,
@@ -105,8 +109,10 @@ pub struct TrainSpec {
     /// Stop a variant once its validation accuracy reaches this fraction.
     pub stop_at_val_acc: Option<f64>,
     /// Where trained models, metrics and checkpoints go.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub out: Option<PathBuf>,
     /// A checkpoint to resume from.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub resume: Option<PathBuf>,
     /// `cpu` or `cuda:N`.
     pub device: String,

@@ -35,6 +35,7 @@ use crate::spec::TrainSpec;
 
 /// Adam with L2 weight decay (as `torch.optim.Adam` and the Grokfast paper) or AdamW.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OptimizerKind {
     /// `torch.optim.Adam`: weight decay added to the gradient.

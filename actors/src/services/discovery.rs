@@ -12,6 +12,7 @@ use super::Pingable;
 pub struct Discovery;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     pub node_id: String,
     pub name: String,

@@ -64,6 +64,8 @@ pub enum ModelServiceMessage {
         reply: Reply<ExportRecord>,
     },
     GetExport(Uuid, Reply<ExportRecord>),
+    /// Models per phase, for the `grokforge_models` gauge.
+    CountByPhase(Reply<Vec<(String, u64)>>),
 }
 
 impl Pingable for ModelServiceMessage {
@@ -202,6 +204,9 @@ impl Actor for ModelService {
                     None => registry.get(id).await.inspect(|r| state.cache.put_model(r)),
                 };
                 let _ = reply.send(result);
+            }
+            ModelServiceMessage::CountByPhase(reply) => {
+                let _ = reply.send(registry.count_by_phase().await);
             }
             ModelServiceMessage::List(filter, reply) => {
                 let result = match state.cache.list(&filter) {

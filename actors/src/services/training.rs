@@ -52,6 +52,7 @@ pub enum TrainingError {
 
 /// A phase's jobs and models at a glance.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseSummary {
     pub phase: Phase,
     pub has_recipe: bool,
@@ -118,7 +119,18 @@ pub struct Arguments {
 struct RunningJob {
     worker: JobWorker,
     phase: Phase,
+    /// The latest step of the current variant heard of, from progress or checkpoints.
     last_step: u64,
+}
+
+impl RunningJob {
+    /// Moves `last_step` forward to `step`, counting the steps in between.
+    fn advance_to(&mut self, step: u64, metrics: &NodeMetrics) {
+        if step > self.last_step {
+            metrics.training_steps_total.inc_by(step - self.last_step);
+            self.last_step = step;
+        }
+    }
 }
 
 pub struct TrainingServiceState {
@@ -427,10 +439,13 @@ impl TrainingServiceState {
             .as_ref()
             .map(PathBuf::from)
             .filter(|p| p.exists());
-        spec.checkpoint_every = spec
-            .checkpoint_every
-            .min(self.args.settings.checkpoint_every_steps)
-            .max(1);
+        // The node checkpoints at least every `checkpoint_every_steps` so a crash loses little;
+        // a job may ask for more often, and 0 (the spec's "only at the end") means the node's.
+        let node_every = self.args.settings.checkpoint_every_steps.max(1);
+        spec.checkpoint_every = match spec.checkpoint_every {
+            0 => node_every,
+            asked => asked.min(node_every),
+        };
         let resumed_from = spec.resume.clone();
         let attempt = job.attempts;
         let job_id = job.id;
@@ -531,12 +546,13 @@ impl TrainingServiceState {
                 start_step,
             } => {
                 tracing::info!(%job_id, variant, start_step, "variant started");
+                // Steps are counted per variant: the next variant starts over from its own
+                // first step (or from its checkpoint when resumed).
+                running.last_step = start_step;
             }
             WorkerReport::Progress(p) => {
-                let steps = p.step.saturating_sub(running.last_step);
-                running.last_step = p.step;
+                running.advance_to(p.step, &self.args.metrics);
                 let metrics = &self.args.metrics;
-                metrics.training_steps_total.inc_by(steps);
                 metrics.training_loss.set(p.loss);
                 metrics.training_accuracy.set(p.accuracy);
                 if p.steps_per_second > 0.0 {
@@ -570,6 +586,9 @@ impl TrainingServiceState {
                 step,
                 path,
             } => {
+                // Progress reports are rate-limited; a checkpoint (the one written on cancel in
+                // particular) may be the latest word on where the run is.
+                running.advance_to(step, &self.args.metrics);
                 self.args.metrics.checkpoints_written_total.inc();
                 let _ = self
                     .args

@@ -1,0 +1,400 @@
+//! `GET /ws`: one WebSocket session per client, speaking the protocol of
+//! [`grokforge_actors::services::websocket::protocol`].
+//!
+//! The handshake is authenticated (header or `?token=`) and admitted by the hub before the
+//! upgrade, so a client over the connection limit gets a 503 problem instead of a socket that
+//! closes at once. The session then runs one loop over three sources: frames the hub queued for
+//! this connection, frames the client sent, and the ping timer. It writes to the socket only
+//! from that loop, so frames go out in the order the loop handles them.
+//!
+//! Replay: `subscribe {topic: "job:{id}", since}` registers the subscription first, then reads
+//! the job log past `since` and sends it, then remembers the last sequence number sent; queued
+//! live frames of that job at or below it are skipped. With the hub's ordering invariant (see
+//! the hub's module docs) the client sees every event after `since` exactly once, in order.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use grokforge_actors::events::EventEnvelope;
+use grokforge_actors::names;
+use grokforge_actors::services::training::{TrainingError, TrainingServiceMessage};
+use grokforge_actors::services::websocket::protocol::{
+    ClientFrame, ControlFrame, encode_event_frame,
+};
+use grokforge_actors::services::websocket::{
+    CloseReason, Connection, SubscribeError, WebSocketHubMessage,
+};
+use grokforge_actors::{Topic, events::SCHEMA_VERSION};
+use grokforge_config::Role;
+use uuid::Uuid;
+use warp::filters::ws::{Message, WebSocket, Ws};
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::GatewayState;
+use crate::auth::{Principal, role_name};
+use crate::problem::Problem;
+
+/// Limits of the WebSocket endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct WebSocketLimits {
+    pub ping_interval: Duration,
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+}
+
+/// Admits the connection with the hub, then upgrades.
+pub async fn upgrade(
+    ws: Ws,
+    principal: Principal,
+    state: GatewayState,
+) -> Result<Response, warp::Rejection> {
+    let connection = state
+        .call_service(names::WEBSOCKET_HUB, WebSocketHubMessage::Connect, |full| {
+            Problem::unavailable(full.to_string(), 5)
+        })
+        .await;
+    let connection = match connection {
+        Ok(connection) => connection,
+        Err(problem) => return Ok(problem.into_response()),
+    };
+    let limits = state.websocket;
+    Ok(ws
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .on_upgrade(move |socket| Session::new(state, principal, connection).run(socket))
+        .into_response())
+}
+
+/// How a session ended: the close frame to send (if the peer can still get one) and the
+/// metric label (`None` when the hub ended the connection and counted it already).
+struct Ending {
+    close: Option<(u16, String)>,
+    label: Option<&'static str>,
+}
+
+impl Ending {
+    fn quietly(label: &'static str) -> Ending {
+        Ending {
+            close: None,
+            label: Some(label),
+        }
+    }
+
+    fn with(code: u16, reason: impl Into<String>, label: &'static str) -> Ending {
+        Ending {
+            close: Some((code, reason.into())),
+            label: Some(label),
+        }
+    }
+
+    /// The hub ended the connection, for `reason`.
+    fn by_hub(reason: Option<CloseReason>) -> Ending {
+        let reason = reason.unwrap_or(CloseReason::HubRestarted);
+        let code = match reason {
+            CloseReason::SlowConsumer { .. } => 1008,
+            CloseReason::HubRestarted => 1012,
+        };
+        Ending {
+            close: Some((code, reason.to_string())),
+            label: None,
+        }
+    }
+}
+
+struct Session {
+    state: GatewayState,
+    principal: Principal,
+    connection: Connection,
+    /// Per job topic, the last sequence number sent: queued frames at or below it are replays'
+    /// duplicates.
+    sent_up_to: HashMap<Uuid, u64>,
+}
+
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
+impl Session {
+    fn new(state: GatewayState, principal: Principal, connection: Connection) -> Session {
+        Session {
+            state,
+            principal,
+            connection,
+            sent_up_to: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let limits = self.state.websocket;
+        let hello = ControlFrame::ConnectionEstablished {
+            connection_id: self.connection.id(),
+            node_id: self.state.node_id.clone(),
+            role: role_name(self.principal.role).to_string(),
+            schema_version: SCHEMA_VERSION,
+            max_subscriptions: limits.max_subscriptions as u64,
+            max_message_bytes: limits.max_message_bytes as u64,
+            ping_interval_ms: limits.ping_interval.as_millis() as u64,
+        };
+        let ending = match self.send(&mut sink, hello.to_json()).await {
+            Ok(()) => self.serve(&mut sink, &mut stream).await,
+            Err(ending) => ending,
+        };
+        // The close frame queues behind whatever the kernel still holds for the client; a
+        // client that never reads again gets no more than the write deadline.
+        let write_timeout = self.state.websocket.ping_interval;
+        if let Some((code, reason)) = ending.close {
+            let _ =
+                tokio::time::timeout(write_timeout, sink.send(Message::close_with(code, reason)))
+                    .await;
+        }
+        let _ = tokio::time::timeout(write_timeout, sink.close()).await;
+        if let Some(label) = ending.label {
+            self.state
+                .metrics
+                .websocket_disconnects_total
+                .with_label_values(&[label])
+                .inc();
+        }
+        tracing::debug!(connection = self.connection.id(), reason = ?ending.label, "websocket closed");
+    }
+
+    async fn serve(
+        &mut self,
+        sink: &mut Sink,
+        stream: &mut futures::stream::SplitStream<WebSocket>,
+    ) -> Ending {
+        let interval = self.state.websocket.ping_interval;
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            tokio::select! {
+                delivery = self.connection.recv() => {
+                    let Some(delivery) = delivery else {
+                        return Ending::by_hub(self.connection.close_reason());
+                    };
+                    if let (Topic::Job(job), Some(seq)) = (&delivery.topic, delivery.seq)
+                        && let Some(last) = self.sent_up_to.get_mut(job)
+                    {
+                        if seq <= *last {
+                            continue;
+                        }
+                        *last = seq;
+                    }
+                    if let Err(ending) = self.send(sink, delivery.text.clone()).await {
+                        return ending;
+                    }
+                }
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    let message = match frame {
+                        None => return Ending::quietly("client"),
+                        Some(Err(error)) => {
+                            tracing::debug!(%error, "websocket read failed");
+                            // Over-long frames end here: tungstenite refuses them while reading.
+                            return Ending::with(1009, "frame too large or malformed", "protocol_error");
+                        }
+                        Some(Ok(message)) => message,
+                    };
+                    if message.is_close() {
+                        return Ending::quietly("client");
+                    }
+                    if message.is_ping() || message.is_pong() {
+                        continue;
+                    }
+                    let reply = match message.to_str() {
+                        Ok(text) => self.handle(sink, text).await,
+                        Err(()) => Ok(Some(ControlFrame::error(
+                            "binary frames are not part of the protocol; send JSON text frames",
+                        ))),
+                    };
+                    match reply {
+                        Ok(Some(frame)) => {
+                            if let Err(ending) = self.send(sink, frame.to_json()).await {
+                                return ending;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(ending) => return ending,
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > interval * 2 {
+                        return Ending::with(1001, "no answer to pings", "ping_timeout");
+                    }
+                    if sink.send(Message::ping(Vec::new())).await.is_err() {
+                        return Ending::quietly("send_failed");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    return Ending::with(1001, "node shutting down", "shutdown");
+                }
+            }
+        }
+    }
+
+    /// Writes one frame. A client that takes longer than the ping interval to accept it is
+    /// disconnected, and so is one the hub drops meanwhile: a session never waits forever on a
+    /// client that stopped reading.
+    async fn send(&self, sink: &mut Sink, text: String) -> Result<(), Ending> {
+        let write_timeout = self.state.websocket.ping_interval;
+        tokio::select! {
+            biased;
+            _ = self.connection.closed() => Err(Ending::by_hub(self.connection.close_reason())),
+            written = tokio::time::timeout(write_timeout, sink.send(Message::text(text))) => {
+                match written {
+                    Ok(Ok(())) => {
+                        self.state.metrics.websocket_messages_sent_total.inc();
+                        Ok(())
+                    }
+                    Ok(Err(_)) => Err(Ending::quietly("send_failed")),
+                    Err(_) => Err(Ending::with(1008, "the client did not read in time", "write_timeout")),
+                }
+            }
+        }
+    }
+
+    /// Handles one client text frame; returns the frame to answer with, if any (a replay sends
+    /// its own frames before returning).
+    async fn handle(
+        &mut self,
+        sink: &mut Sink,
+        text: &str,
+    ) -> Result<Option<ControlFrame>, Ending> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(message) => return Ok(Some(ControlFrame::error(message))),
+        };
+        match frame {
+            ClientFrame::Ping {} => Ok(Some(ControlFrame::Pong)),
+            ClientFrame::Unsubscribe { topic: name } => {
+                let Ok(topic) = Topic::parse(&name) else {
+                    return Ok(Some(topic_error(&name, format!("unknown topic `{name}`"))));
+                };
+                if let Topic::Job(job) = topic {
+                    self.sent_up_to.remove(&job);
+                }
+                Ok(Some(if self.connection.unsubscribe(&topic) {
+                    ControlFrame::Unsubscribed { topic: name }
+                } else {
+                    topic_error(&name, format!("not subscribed to `{name}`"))
+                }))
+            }
+            ClientFrame::Subscribe { topic: name, since } => {
+                self.subscribe(sink, name, since).await
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        sink: &mut Sink,
+        name: String,
+        since: Option<u64>,
+    ) -> Result<Option<ControlFrame>, Ending> {
+        let topic = match Topic::parse(&name) {
+            Ok(topic) => topic,
+            Err(message) => return Ok(Some(topic_error(&name, message))),
+        };
+        if topic == Topic::AdminAlerts && !self.principal.may(Role::Admin) {
+            return Ok(Some(topic_error(
+                &name,
+                "admin_alerts needs the admin role".to_string(),
+            )));
+        }
+        let job = match (&topic, since) {
+            (Topic::Job(job), _) => Some(*job),
+            (_, Some(_)) => {
+                return Ok(Some(topic_error(
+                    &name,
+                    "`since` needs a job:{id} topic: only job events have a durable log to replay"
+                        .to_string(),
+                )));
+            }
+            (_, None) => None,
+        };
+        match self.connection.subscribe(topic.clone()) {
+            Ok(_) => {}
+            Err(error @ SubscribeError::TooMany { .. }) => {
+                return Ok(Some(topic_error(&name, error.to_string())));
+            }
+            Err(SubscribeError::Closed(reason)) => return Err(Ending::by_hub(Some(reason))),
+        }
+        let Some(job) = job else {
+            return Ok(Some(ControlFrame::SubscriptionConfirmed {
+                topic: name,
+                replayed: None,
+            }));
+        };
+
+        // Registered first, read second: see the module docs.
+        let log = self
+            .state
+            .call_service(
+                names::TRAINING_SERVICE,
+                |reply| TrainingServiceMessage::JobEvents {
+                    job_id: job,
+                    since: since.unwrap_or(u64::MAX),
+                    reply,
+                },
+                job_problem,
+            )
+            .await;
+        let events = match log {
+            Ok(events) => events,
+            Err(problem) => {
+                self.connection.unsubscribe(&topic);
+                let detail = problem.detail.unwrap_or(problem.title);
+                return Ok(Some(topic_error(&name, detail)));
+            }
+        };
+        let Some(since) = since else {
+            // Live only: whatever seq comes next is new to this client.
+            self.sent_up_to.remove(&job);
+            return Ok(Some(ControlFrame::SubscriptionConfirmed {
+                topic: name,
+                replayed: None,
+            }));
+        };
+        let confirmed = ControlFrame::SubscriptionConfirmed {
+            topic: name.clone(),
+            replayed: Some(events.len() as u64),
+        };
+        self.send(sink, confirmed.to_json()).await?;
+        let mut last = since;
+        for event in events {
+            let envelope: EventEnvelope = match serde_json::from_value(event.envelope) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    tracing::error!(%job, seq = event.seq, %error, "unreadable event in the job log");
+                    continue;
+                }
+            };
+            match encode_event_frame(&name, &envelope) {
+                Ok(text) => self.send(sink, text).await?,
+                Err(error) => tracing::error!(%job, seq = event.seq, %error, "cannot encode event"),
+            }
+            last = last.max(event.seq);
+        }
+        self.sent_up_to.insert(job, last);
+        Ok(None)
+    }
+}
+
+fn topic_error(topic: &str, message: String) -> ControlFrame {
+    ControlFrame::Error {
+        message,
+        topic: Some(topic.to_string()),
+    }
+}
+
+fn job_problem(error: TrainingError) -> Problem {
+    match error {
+        TrainingError::JobNotFound(id) => {
+            Problem::new(StatusCode::NOT_FOUND, format!("job {id} not found"))
+        }
+        other => Problem::unavailable(other.to_string(), 1),
+    }
+}

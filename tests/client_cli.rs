@@ -1,0 +1,126 @@
+//! `grokforge jobs …` and `grokforge models --server …`: the CLI client against a real node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_TOKEN, READ_TOKEN, client, grokforge, start};
+use serde_json::{Value, json};
+
+/// Runs the client with `args` and returns (success, stdout, stderr). Blocking: call it from
+/// `spawn_blocking` inside async tests.
+fn run(base: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let output = grokforge()
+        .args(args)
+        .args(["--server", base, "--token", token])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn run_async(base: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let (base, token) = (base.to_string(), token.to_string());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&base, &token, &args)
+    })
+    .await
+    .unwrap()
+}
+
+async fn start_job(base: &str, steps: u64) -> String {
+    let body = json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2,
+                      "d_ff": 32, "batch_size": 16, "steps": steps, "eval_every": 50,
+                      "variants": 2, "threads": 1});
+    let job: Value = client()
+        .post(format!("{base}/phases/cognate/start"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    job["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_watch_follows_a_job_to_completion_and_the_client_commands_work() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let base = server.base.clone();
+    let id = start_job(&base, 150).await;
+
+    // `watch` follows the job live and exits 0 when it completes, naming the models.
+    let (ok, stdout, stderr) = run_async(&base, ADMIN_TOKEN, &["jobs", "watch", &id]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("job {id} completed: 2 model(s)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("winner:"), "{stdout}");
+
+    let (ok, listing, stderr) = run_async(&base, READ_TOKEN, &["jobs", "list"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        listing.contains(&id) && listing.contains("completed"),
+        "{listing}"
+    );
+
+    let (ok, shown, stderr) = run_async(&base, READ_TOKEN, &["jobs", "show", &id]).await;
+    assert!(ok, "{stderr}");
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["status"], "completed");
+
+    let (ok, models, stderr) =
+        run_async(&base, READ_TOKEN, &["models", "list", "--phase", "cognate"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        models.contains("cognate-v0") && models.contains("cognate-v1"),
+        "{models}"
+    );
+
+    // Errors: an unknown job, a wrong token, a read token that may not cancel.
+    let unknown = "01933b3e-0000-7000-8000-000000000000";
+    let (ok, _, stderr) = run_async(&base, READ_TOKEN, &["jobs", "show", unknown]).await;
+    assert!(!ok);
+    assert!(stderr.contains("404"), "{stderr}");
+    let (ok, _, stderr) = run_async(&base, "wrong-token", &["jobs", "list"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("401"), "{stderr}");
+    let (ok, _, stderr) = run_async(&base, READ_TOKEN, &["jobs", "cancel", &id]).await;
+    assert!(!ok);
+    assert!(stderr.contains("403"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_watch_exits_non_zero_when_the_job_is_cancelled() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let base = server.base.clone();
+    let id = start_job(&base, 1_000_000).await;
+
+    let watch = {
+        let (base, id) = (base.clone(), id.clone());
+        tokio::spawn(async move { run_async(&base, ADMIN_TOKEN, &["jobs", "watch", &id]).await })
+    };
+    common::wait_for("the job to run", Duration::from_secs(60), || async {
+        let job = common::get_json(&format!("{base}/jobs/{id}")).await;
+        (job["status"] == "running" && job["progress"]["step"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    let (ok, stdout, stderr) = run_async(&base, ADMIN_TOKEN, &["jobs", "cancel", &id]).await;
+    assert!(ok, "{stdout}\n{stderr}");
+
+    let (ok, stdout, stderr) = tokio::time::timeout(Duration::from_secs(60), watch)
+        .await
+        .expect("watch ends once the job is cancelled")
+        .unwrap();
+    assert!(!ok, "a cancelled job is not a success: {stdout}");
+    assert!(stderr.contains("cancelled"), "{stderr}");
+}
