@@ -513,3 +513,51 @@ async fn a_slow_client_is_dropped_without_hurting_the_others() {
         .collect();
     assert_eq!(seqs, logged, "the fast client got every event, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_in_the_openapi_document_is_served() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let base = server.base.clone();
+    let document = get_json(&format!("{base}/openapi.json")).await;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() >= 17, "{paths:?}");
+    let unknown = "01933b3e-0000-7000-8000-000000000000";
+    let mut checked = 0;
+    for (template, operations) in paths {
+        // A phase without a recipe: the start route answers without queueing anything.
+        let path = template
+            .replace("{id}", unknown)
+            .replace("{phase}", "evomerge");
+        for method in operations.as_object().unwrap().keys() {
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let response = client()
+                .request(method.clone(), format!("{base}{path}"))
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {template}: {body}");
+            assert!(
+                !(status == 404 && body.contains("no such route")),
+                "{method} {template} is documented but not served"
+            );
+            let documented = operations[method.as_str().to_lowercase()]["responses"]
+                .as_object()
+                .unwrap();
+            if template != "/ws" {
+                assert!(
+                    documented.contains_key(&status.to_string()),
+                    "{method} {template} answered {status}, documented {:?}",
+                    documented.keys().collect::<Vec<_>>()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "{checked}");
+    assert_eq!(get_json(&format!("{base}/jobs")).await, json!([]));
+}
