@@ -211,6 +211,14 @@ impl Connection {
         Some(delivery)
     }
 
+    /// The next frame if one is queued already; `None` when none is or the connection ended.
+    pub fn try_recv(&mut self) -> Option<Arc<Delivery>> {
+        if self.close_reason.get().is_some() {
+            return None;
+        }
+        self.receiver.try_recv().ok()
+    }
+
     pub fn close_reason(&self) -> Option<CloseReason> {
         self.close_reason.get().copied()
     }
