@@ -1,0 +1,434 @@
+//! Gateway benchmark, run by hand on an idle machine (see BENCHMARKS.md):
+//!
+//! ```text
+//! cargo bench -p grokforge-gateway --bench gateway
+//! ```
+//!
+//! One process runs a real node (SQLite in a temp dir, the in-process bus) and its gateway on
+//! port 0, plus a bare warp route serving the same `/models` body, and measures:
+//!
+//! 1. **Event latency**: `TrainingProgress` events published on the node's bus at a fixed rate,
+//!    received by N WebSocket clients subscribed to `training_updates`; latency from publish to
+//!    receipt, p50 / p99 / max, and how many frames arrived.
+//! 2. **Saturation**: events published in bursts as fast as all clients take them; delivered
+//!    frames per second.
+//! 3. **`GET /models`** requests per second through the gateway (auth, breaker, ModelService)
+//!    against the bare route in the same process, as a ratio.
+//!
+//! Knobs (environment): `BENCH_SUBSCRIBERS` (1000), `BENCH_RATE` (events/s, 1000),
+//! `BENCH_SECONDS` (5), `BENCH_HTTP_CONCURRENCY` (32). Clients run in the same process as the
+//! server, so on a small machine they compete for the same cores: the numbers are a floor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use grokforge_actors::bus::Publisher;
+use grokforge_actors::resilience::BreakerConfig;
+use grokforge_actors::services::training::TrainingServiceMessage;
+use grokforge_actors::training_core::{Phase, TrainSpec, parse_device};
+use grokforge_actors::{Event, Node, names};
+use grokforge_config::{Role, Settings, TokenSettings};
+use grokforge_gateway::{Breakers, GatewayState, Tokens, WebSocketLimits};
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+const TOKEN: &str = "bench-token";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let subscribers = env("BENCH_SUBSCRIBERS", 1000) as usize;
+    let rate = env("BENCH_RATE", 1000);
+    let seconds = env("BENCH_SECONDS", 5);
+    let concurrency = env("BENCH_HTTP_CONCURRENCY", 32) as usize;
+    println!(
+        "machine: {} cores; {subscribers} subscribers, {rate} events/s for {seconds} s",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = Settings::default();
+    settings.node.data_dir = data.path().to_path_buf();
+    settings.gateway.ws_max_connections = 100_000;
+    let device = parse_device("cpu").unwrap();
+    let node = Node::start(settings, device, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let metrics = node.metrics.clone();
+    let state = GatewayState {
+        node_id: node.node_id.clone(),
+        directory: node.directory.clone(),
+        metrics: metrics.clone(),
+        call_timeout: Duration::from_secs(5),
+        health_timeout: Duration::from_secs(2),
+        shutting_down: Default::default(),
+        max_body_bytes: 1 << 20,
+        artifacts_dir: data.path().join("artifacts"),
+        tokens: Arc::new(Tokens::new(
+            &[TokenSettings {
+                token: TOKEN.into(),
+                role: Role::Admin,
+            }],
+            false,
+        )),
+        websocket: WebSocketLimits {
+            ping_interval: Duration::from_secs(30),
+            max_message_bytes: 65_536,
+            max_subscriptions: 32,
+        },
+        breakers: Breakers::new(BreakerConfig::default(), &metrics),
+        shutdown: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(grokforge_gateway::serve(
+        listener,
+        state,
+        node.api_listening.clone(),
+        std::future::pending(),
+    ));
+
+    train_some_models(&node).await;
+    latency(&node, address, subscribers, rate, seconds).await;
+    saturation(&node, address, subscribers, seconds).await;
+    models_route(address, concurrency, seconds).await;
+}
+
+/// A tiny two-variant cognate job, so `/models` lists real records.
+async fn train_some_models(node: &Node) {
+    let spec = TrainSpec {
+        dataset: Some("mod-add:11".into()),
+        d_model: Some(16),
+        n_layers: Some(1),
+        n_heads: Some(2),
+        d_ff: Some(32),
+        batch_size: 16,
+        steps: 20,
+        variants: 2,
+        threads: Some(1),
+        ..TrainSpec::default()
+    };
+    let job = node
+        .directory
+        .call::<TrainingServiceMessage, _, _>(
+            names::TRAINING_SERVICE,
+            |reply| TrainingServiceMessage::StartJob {
+                phase: Phase::Cognate,
+                spec: Box::new(spec),
+                priority: 0,
+                reply,
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    loop {
+        let record = node
+            .directory
+            .call::<TrainingServiceMessage, _, _>(
+                names::TRAINING_SERVICE,
+                |reply| TrainingServiceMessage::GetJob(job.id, reply),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        if record.status.as_str() == "completed" {
+            return;
+        }
+        assert!(
+            !matches!(record.status.as_str(), "failed" | "cancelled"),
+            "{record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn subscribe_clients(address: std::net::SocketAddr, count: usize) -> Vec<Socket> {
+    let url = format!("ws://{address}/ws?token={TOKEN}");
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        socket.next().await.unwrap().unwrap(); // connection_established
+        socket
+            .send(Message::text(
+                r#"{"type":"subscribe","topic":"training_updates"}"#,
+            ))
+            .await
+            .unwrap();
+        let confirmed = socket.next().await.unwrap().unwrap();
+        assert!(
+            confirmed
+                .to_text()
+                .unwrap()
+                .contains("subscription_confirmed"),
+            "{confirmed:?}"
+        );
+        sockets.push(socket);
+    }
+    sockets
+}
+
+fn progress(job_id: Uuid, step: u64) -> Event {
+    Event::TrainingProgress {
+        job_id,
+        variant: 0,
+        step,
+        total_steps: u64::MAX,
+        loss: 1.0,
+        accuracy: Some(0.5),
+        val_loss: None,
+        val_accuracy: None,
+        learning_rate: 1e-3,
+        steps_per_second: 10.0,
+    }
+}
+
+/// The `step` of a progress frame, found without parsing the whole frame.
+fn step_of(text: &str) -> Option<u64> {
+    let start = text.find("\"step\":")? + 7;
+    let digits: String = text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn latency(
+    node: &Node,
+    address: std::net::SocketAddr,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+) {
+    let sockets = subscribe_clients(address, subscribers).await;
+    let total = rate * seconds;
+    // Publish instants, indexed by step; read by the clients.
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let origin = Instant::now();
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(total as usize);
+                while latencies.len() < total as usize {
+                    let Ok(Some(Ok(message))) =
+                        tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+                    else {
+                        break;
+                    };
+                    let Ok(text) = message.to_text() else {
+                        continue;
+                    };
+                    let Some(step) = step_of(text) else { continue };
+                    let at = origin.elapsed();
+                    let published =
+                        Duration::from_nanos(sent[step as usize].load(Ordering::Acquire));
+                    latencies.push(at.saturating_sub(published));
+                }
+                latencies
+            })
+        })
+        .collect();
+
+    let publisher = Publisher::new(
+        node.node_id.clone(),
+        "bench",
+        node.directory.clone(),
+        node.metrics.clone(),
+    );
+    let job_id = Uuid::now_v7();
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let publish_started = Instant::now();
+    for step in 0..total {
+        ticker.tick().await;
+        sent[step as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Release);
+        publisher.publish(progress(job_id, step));
+    }
+    let publish_seconds = publish_started.elapsed().as_secs_f64();
+
+    let mut all = Vec::new();
+    let mut short = 0;
+    for reader in readers {
+        let latencies = reader.await.unwrap();
+        if latencies.len() < total as usize {
+            short += 1;
+        }
+        all.extend(latencies);
+    }
+    all.sort_unstable();
+    let expected = total * subscribers as u64;
+    println!(
+        "latency: {subscribers} subscribers × {total} events at {:.0} events/s: \
+         delivered {} of {expected} frames ({short} clients short); \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        total as f64 / publish_seconds,
+        all.len(),
+        percentile(&all, 0.50).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}
+
+/// Bursts of events, each published as soon as every client has the previous burst; frames
+/// delivered per second over `seconds`.
+async fn saturation(node: &Node, address: std::net::SocketAddr, subscribers: usize, seconds: u64) {
+    let sockets = subscribe_clients(address, subscribers).await;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let received = received.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        message = socket.next() => match message {
+                            Some(Ok(m)) if m.is_text() => { received.fetch_add(1, Ordering::Relaxed); }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let publisher = Publisher::new(
+        node.node_id.clone(),
+        "bench",
+        node.directory.clone(),
+        node.metrics.clone(),
+    );
+    let job_id = Uuid::now_v7();
+    // A burst well under the per-connection queue (1024), so nobody is dropped for lagging.
+    let burst = 200u64;
+    let started = Instant::now();
+    let mut published = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        for _ in 0..burst {
+            publisher.publish(progress(job_id, published));
+            published += 1;
+        }
+        let target = published * subscribers as u64;
+        while received.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.cancel();
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let frames = received.load(Ordering::Relaxed);
+    println!(
+        "saturation: {frames} frames to {subscribers} subscribers in {elapsed:.2} s = {:.0} frames/s",
+        frames as f64 / elapsed
+    );
+}
+
+/// Requests per second of `GET {path}` with `concurrency` keep-alive clients for `seconds`.
+async fn hammer(url: String, token: Option<&str>, concurrency: usize, seconds: u64) -> f64 {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, url, done) = (client.clone(), url.clone(), done.clone());
+            let token = token.map(str::to_string);
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let mut request = client.get(&url);
+                    if let Some(token) = &token {
+                        request = request.bearer_auth(token);
+                    }
+                    let response = request.send().await.unwrap();
+                    assert!(response.status().is_success(), "{}", response.status());
+                    response.bytes().await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn models_route(address: std::net::SocketAddr, concurrency: usize, seconds: u64) {
+    use warp::Filter;
+    let gateway_url = format!("http://{address}/models");
+    // The bare route serves the very body the gateway answers, from memory.
+    let body = reqwest::Client::new()
+        .get(&gateway_url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let models: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let count = models.as_array().map_or(0, Vec::len);
+    let bare = warp::path!("models")
+        .map(move || warp::reply::with_header(body.to_vec(), "content-type", "application/json"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare_address = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(bare).incoming(listener).run());
+    let bare_url = format!("http://{bare_address}/models");
+
+    // Warm both, then alternate so drift on a shared machine hits both alike.
+    hammer(bare_url.clone(), None, concurrency, 1).await;
+    hammer(gateway_url.clone(), Some(TOKEN), concurrency, 1).await;
+    let mut bare_rps = Vec::new();
+    let mut gateway_rps = Vec::new();
+    for _ in 0..3 {
+        bare_rps.push(hammer(bare_url.clone(), None, concurrency, seconds).await);
+        gateway_rps.push(hammer(gateway_url.clone(), Some(TOKEN), concurrency, seconds).await);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (bare, gateway) = (median(&mut bare_rps), median(&mut gateway_rps));
+    println!(
+        "GET /models ({count} models, {concurrency} connections): gateway {gateway:.0} req/s, \
+         bare warp route {bare:.0} req/s, ratio {:.3}",
+        gateway / bare
+    );
+}
