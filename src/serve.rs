@@ -67,6 +67,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         websocket,
         breakers: Breakers::new(BreakerConfig::default(), &node.metrics),
         shutdown: CancellationToken::new(),
+        model_lists: Default::default(),
         node_id: node.node_id.clone(),
         directory: node.directory.clone(),
         metrics: node.metrics.clone(),

@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{
@@ -560,4 +562,88 @@ async fn every_route_in_the_openapi_document_is_served() {
     }
     assert!(checked >= 18, "{checked}");
     assert_eq!(get_json(&format!("{base}/jobs")).await, json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_reaped_and_oversized_frames_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("ws-limits.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nws_ping_interval_ms = 300\nws_max_message_bytes = 1024\n\
+             [[gateway.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n"
+        ),
+    )
+    .unwrap();
+    let (server, _) = start_with(data.path(), &["--config".as_ref(), config.as_os_str()]);
+    let base = server.base.clone();
+
+    // A client that reads (and so answers pings) stays; one that never reads is reaped.
+    let mut alive = WsClient::connect(&base).await;
+    let silent = WsClient::connect(&base).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let keep_talking = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                alive.send_json(json!({"type": "ping"})).await;
+                assert_eq!(
+                    alive.next_json(Duration::from_secs(5)).await["type"],
+                    "pong"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            alive
+        })
+    };
+    let metrics = || async {
+        client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    wait_for(
+        "the silent client to be reaped",
+        Duration::from_secs(10),
+        || async {
+            metrics()
+                .await
+                .contains(r#"grokforge_websocket_disconnects_total{reason="ping_timeout"} 1"#)
+                .then_some(())
+        },
+    )
+    .await;
+    drop(silent);
+    // Well past two ping intervals: the reading client is still there.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut alive = keep_talking.await.unwrap();
+    alive.send_json(json!({"type": "ping"})).await;
+    assert_eq!(
+        alive.next_json(Duration::from_secs(5)).await["type"],
+        "pong"
+    );
+
+    // A frame over the limit ends the connection with 1009.
+    let big = "x".repeat(4096);
+    alive
+        .send_json(json!({"type": "subscribe", "topic": big}))
+        .await;
+    let close = loop {
+        match alive.next_frame(Duration::from_secs(5)).await {
+            Ok(_) => continue,
+            Err(close) => break close,
+        }
+    };
+    assert_eq!(close.0, 1009, "{close:?}");
+    let text = metrics().await;
+    assert!(
+        text.contains(r#"grokforge_websocket_disconnects_total{reason="protocol_error"} 1"#),
+        "{text}"
+    );
 }

@@ -151,6 +151,7 @@ async fn models(node: &Node) -> Vec<ModelRecord> {
         .await
         .unwrap()
         .unwrap()
+        .to_vec()
 }
 
 async fn a_tiny_cognate_job_runs_to_completion_with_its_models_registered(

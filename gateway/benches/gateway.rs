@@ -93,6 +93,7 @@ async fn run() {
         },
         breakers: Breakers::new(BreakerConfig::default(), &metrics),
         shutdown: Default::default(),
+        model_lists: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
 pub use auth::Tokens;
+pub use models::ListBodies;
 pub use ws::WebSocketLimits;
 
 /// What the handlers need from the node.
@@ -60,6 +61,8 @@ pub struct GatewayState {
     pub breakers: Breakers,
     /// Cancelled when the gateway stops: open WebSocket sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// Serialised `GET /models` bodies, reused while the registry's list is unchanged.
+    pub model_lists: ListBodies,
 }
 
 /// The gateway's circuit breakers, one per service, their states mirrored in

@@ -74,6 +74,7 @@ fn state(directory: ServiceDirectory, metrics: NodeMetrics) -> GatewayState {
         },
         breakers: Breakers::new(breaker, &metrics),
         shutdown: CancellationToken::new(),
+        model_lists: Default::default(),
         metrics,
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grokforge_storage::{
@@ -45,7 +46,9 @@ pub enum ModelServiceMessage {
     /// Stores a trained model; publishes `ModelSaved`.
     Save(Box<NewModel>, Reply<ModelRecord>),
     Get(Uuid, Reply<ModelRecord>),
-    List(ModelFilter, Reply<Vec<ModelRecord>>),
+    /// Shared, not copied: an unchanged list is the same `Arc`, so a caller may cache what it
+    /// derives from it (the gateway keeps the JSON body) for as long as the pointer holds.
+    List(ModelFilter, Reply<Arc<Vec<ModelRecord>>>),
     /// Makes the model the one winner of its phase.
     MarkWinner(Uuid, Reply<WinnerChange>),
     /// Records models of one phase as the inputs of the next; publishes `ModelHandoff`.
@@ -95,7 +98,7 @@ impl<T: Clone> Cached<T> {
 #[derive(Default)]
 struct MetadataCache {
     models: HashMap<Uuid, Cached<ModelRecord>>,
-    lists: HashMap<ModelFilter, Cached<Vec<ModelRecord>>>,
+    lists: HashMap<ModelFilter, Cached<Arc<Vec<ModelRecord>>>>,
 }
 
 impl MetadataCache {
@@ -103,7 +106,7 @@ impl MetadataCache {
         self.models.get(&id).and_then(Cached::fresh)
     }
 
-    fn list(&self, filter: &ModelFilter) -> Option<Vec<ModelRecord>> {
+    fn list(&self, filter: &ModelFilter) -> Option<Arc<Vec<ModelRecord>>> {
         self.lists.get(filter).and_then(Cached::fresh)
     }
 
@@ -120,14 +123,14 @@ impl MetadataCache {
         );
     }
 
-    fn put_list(&mut self, filter: ModelFilter, records: &[ModelRecord]) {
+    fn put_list(&mut self, filter: ModelFilter, records: &Arc<Vec<ModelRecord>>) {
         if self.lists.len() >= MAX_CACHED_LISTS {
             self.lists.clear();
         }
         self.lists.insert(
             filter,
             Cached {
-                value: records.to_vec(),
+                value: records.clone(),
                 at: Instant::now(),
             },
         );
@@ -214,6 +217,7 @@ impl Actor for ModelService {
                     None => registry
                         .list(&filter)
                         .await
+                        .map(Arc::new)
                         .inspect(|records| state.cache.put_list(filter, records)),
                 };
                 let _ = reply.send(result);
