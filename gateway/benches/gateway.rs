@@ -44,6 +44,11 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
+    // `cargo nextest run --all-targets` lists every target's tests with `--list`; a benchmark
+    // has none to offer, and must not start measuring.
+    if std::env::args().any(|arg| arg == "--list") {
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -110,8 +110,11 @@ pub async fn list(query: ModelQuery, state: GatewayState) -> Result<Response, wa
 #[derive(Clone, Default)]
 pub struct ListBodies {
     // A std Mutex: held for a map lookup or insert, never across an await.
-    bodies: Arc<Mutex<HashMap<ModelFilter, (Arc<Vec<ModelRecord>>, bytes::Bytes)>>>,
+    bodies: Arc<Mutex<HashMap<ModelFilter, ListBody>>>,
 }
+
+/// A list as the model service shared it, and its JSON.
+type ListBody = (Arc<Vec<ModelRecord>>, bytes::Bytes);
 
 /// Distinct filters remembered; the map is cleared when full, so odd queries cannot grow it.
 const MAX_LIST_BODIES: usize = 64;

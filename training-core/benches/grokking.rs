@@ -1,0 +1,468 @@
+//! Time to grok: optimizer steps and wall time until 95 % validation accuracy on x·y mod 97 with
+//! the Grokfast paper's settings, for the baseline, Grokfast-EMA, Grokfast-MA and the baseline
+//! with weight decay, over several seeds. Run on an idle machine (see `benches/README.md`):
+//!
+//! ```text
+//! cargo bench -p grokforge-training-core --bench grokking
+//! ```
+//!
+//! The paper's settings (Lee et al. 2024, `main.py` of the reference code): the `grokfast-paper`
+//! model (2 layers, d = 128, 4 heads), a 50/50 train/validation split, Adam (lr 1e-3, betas
+//! (0.9, 0.98), L2 weight decay), batch 512 with the short last batch of each epoch kept, a 10-step
+//! linear learning-rate warm-up, validation after every epoch. The configurations:
+//!
+//! | config        | filter                      | weight decay |
+//! |---------------|-----------------------------|--------------|
+//! | `baseline`    | none                        | 0            |
+//! | `ema`         | EMA, α 0.98, λ 2            | 0.005        |
+//! | `ma`          | MA, window 100, λ 5 (mean)  | 0.01         |
+//! | `baseline-wd` | none                        | 0.005        |
+//!
+//! A run stops at the first validation with accuracy ≥ the target, or at its step cap; a capped
+//! run is reported as such and its steps count as a lower bound in the medians. The wall time
+//! covers everything the run does (model initialisation, training, the per-epoch validations).
+//!
+//! Knobs (environment): `GROKFORGE_BENCH_CONFIGS` (`baseline,ema,ma,baseline-wd`),
+//! `GROKFORGE_BENCH_SEEDS` (`0,1,2`; the seed also draws the split), `GROKFORGE_BENCH_BASELINE_CAP`
+//! (20000 steps), `GROKFORGE_BENCH_GROKFAST_CAP` (5000), `GROKFORGE_BENCH_TARGET` (0.95),
+//! `GROKFORGE_BENCH_GROKKING_THREADS` (LibTorch threads; default the logical CPUs).
+//!
+//! Output: one JSON line per run (`{"bench": "grokking", ...}`), progress on stderr, and a
+//! Markdown summary: median over seeds per config and the speed-ups in steps.
+
+mod common;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use grokforge_training_core::device::set_num_threads;
+use grokforge_training_core::grokfast::MaReduction;
+use grokforge_training_core::spec::VariedSetting;
+use grokforge_training_core::{
+    Dataset, GrokFastKind, OptimizerKind, Progress, RunControl, StopReason, TrainSpec, Trainer,
+    TrainingObserver, backend_description, parse_device,
+};
+use serde_json::json;
+
+use common::{backend_impl, env_list, env_value, logical_cpus, median};
+
+const DATASET: &str = "mod-mul:97";
+/// The paper's claim for this bench: Grokfast-EMA groks within this wall time on two cores.
+const EMA_TARGET_SECONDS: f64 = 90.0;
+/// How often a long run reports where it is.
+const PROGRESS_EVERY_SECONDS: f64 = 15.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Baseline,
+    Ema,
+    Ma,
+    BaselineWd,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline",
+            Config::Ema => "ema",
+            Config::Ma => "ma",
+            Config::BaselineWd => "baseline-wd",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Config::Baseline => "no filter, wd 0",
+            Config::Ema => "EMA α 0.98 λ 2, wd 0.005",
+            Config::Ma => "MA w 100 λ 5, wd 0.01",
+            Config::BaselineWd => "no filter, wd 0.005",
+        }
+    }
+
+    fn is_grokfast(self) -> bool {
+        matches!(self, Config::Ema | Config::Ma)
+    }
+
+    /// The paper's settings for this configuration; every one is written out, so a change of
+    /// `TrainSpec`'s defaults cannot change what this bench measures.
+    fn spec(self, seed: u64, cap: u64, target: f64) -> TrainSpec {
+        let (grokfast, weight_decay, lamb) = match self {
+            Config::Baseline => (GrokFastKind::None, 0.0, None),
+            Config::Ema => (GrokFastKind::Ema, 0.005, Some(2.0)),
+            Config::Ma => (GrokFastKind::Ma, 0.01, Some(5.0)),
+            Config::BaselineWd => (GrokFastKind::None, 0.005, None),
+        };
+        TrainSpec {
+            dataset: Some(DATASET.into()),
+            train_fraction: Some(0.5),
+            batch_size: 512,
+            lr: 1e-3,
+            optimizer: OptimizerKind::Adam,
+            beta1: 0.9,
+            beta2: 0.98,
+            epsilon: 1e-8,
+            weight_decay: Some(weight_decay),
+            warmup_steps: 10,
+            grokfast,
+            alpha: 0.98,
+            lamb,
+            window: 100,
+            ma_warmup: true,
+            ma_reduction: MaReduction::Mean,
+            seed,
+            data_seed: None,
+            eval_every: 0,
+            stop_at_val_acc: Some(target),
+            steps: cap,
+            variants: 1,
+            vary: VariedSetting::None,
+            ..TrainSpec::default()
+        }
+    }
+}
+
+impl FromStr for Config {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        [
+            Config::Baseline,
+            Config::Ema,
+            Config::Ma,
+            Config::BaselineWd,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
+        .ok_or_else(|| {
+            format!("unknown config {name:?}; expected baseline, ema, ma or baseline-wd")
+        })
+    }
+}
+
+/// Everything the bench reads from the environment, read once.
+#[derive(Debug, Clone)]
+struct Settings {
+    configs: Vec<Config>,
+    seeds: Vec<u64>,
+    baseline_cap: u64,
+    grokfast_cap: u64,
+    target: f64,
+    threads: usize,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        let settings = Settings {
+            configs: env_list("GROKFORGE_BENCH_CONFIGS", "baseline,ema,ma,baseline-wd")?,
+            seeds: env_list("GROKFORGE_BENCH_SEEDS", "0,1,2")?,
+            baseline_cap: env_value("GROKFORGE_BENCH_BASELINE_CAP", 20_000)?,
+            grokfast_cap: env_value("GROKFORGE_BENCH_GROKFAST_CAP", 5_000)?,
+            target: env_value("GROKFORGE_BENCH_TARGET", 0.95)?,
+            threads: env_value("GROKFORGE_BENCH_GROKKING_THREADS", logical_cpus())?,
+        };
+        if settings.baseline_cap == 0 || settings.grokfast_cap == 0 || settings.threads == 0 {
+            return Err("step caps and the thread count must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&settings.target) {
+            return Err(format!(
+                "GROKFORGE_BENCH_TARGET must be in [0, 1], got {}",
+                settings.target
+            ));
+        }
+        Ok(settings)
+    }
+
+    fn cap(&self, config: Config) -> u64 {
+        if config.is_grokfast() {
+            self.grokfast_cap
+        } else {
+            self.baseline_cap
+        }
+    }
+}
+
+/// One finished run.
+#[derive(Debug, Clone)]
+struct RunResult {
+    config: Config,
+    /// The step of the validation that reached the target, or the cap.
+    steps: u64,
+    reached: bool,
+    seconds: f64,
+}
+
+fn main() {
+    // `cargo nextest run --all-targets` lists every target's tests with `--list`; a benchmark
+    // has none to offer, and must not start measuring.
+    if std::env::args().any(|arg| arg == "--list") {
+        return;
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("grokking: {message}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(message) = run(&settings) {
+        eprintln!("grokking: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run(settings: &Settings) -> Result<(), String> {
+    common::announce_machine("grokking");
+    set_num_threads(settings.threads);
+    let device = parse_device("cpu").map_err(|e| e.to_string())?;
+    let backend = backend_description(&device);
+    println!("# backend: {backend}; settings: {settings:?}");
+    let started = Instant::now();
+    let mut results = Vec::new();
+    // Seed by seed, so an interrupted run still has every config for its first seeds.
+    for &seed in &settings.seeds {
+        for &config in &settings.configs {
+            let result = run_one(settings, config, seed, &device, &backend)?;
+            results.push(result);
+        }
+    }
+    print_summary(settings, &results, &backend);
+    println!(
+        "# total bench time {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_one(
+    settings: &Settings,
+    config: Config,
+    seed: u64,
+    device: &grokforge_training_core::Device,
+    backend: &str,
+) -> Result<RunResult, String> {
+    let cap = settings.cap(config);
+    let spec = config.spec(seed, cap, settings.target);
+    let start = Instant::now();
+    let data = Arc::new(
+        Dataset::prepare(
+            &spec.data_source().map_err(|e| e.to_string())?,
+            &spec.dataset_options(None).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let run_config = spec.run_config(0, &data).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(run_config, data, device).map_err(|e| e.to_string())?;
+    let mut progress = ProgressLog::new(format!("{} seed {seed}", config.name()), start);
+    let outcome = trainer
+        .run(&RunControl::default(), &mut progress)
+        .map_err(|e| format!("{} seed {seed}: {e}", config.name()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let reached = outcome.reason == StopReason::ReachedTarget;
+    let steps = trainer
+        .history()
+        .reached_target_at_step
+        .unwrap_or(outcome.step);
+    let final_val_acc = outcome.final_eval.as_ref().map(|e| e.val_accuracy);
+    let line = json!({
+        "bench": "grokking",
+        "impl": backend_impl(),
+        "backend": backend,
+        "config": config.name(),
+        "settings": config.describe(),
+        "seed": seed,
+        "target_val_acc": settings.target,
+        "reached": reached,
+        "steps": steps,
+        "cap": cap,
+        "seconds": seconds,
+        "steps_per_sec": steps as f64 / seconds,
+        "final_val_acc": final_val_acc,
+        "epochs": outcome.final_eval.as_ref().map(|e| e.epoch),
+    });
+    println!("{line}");
+    let acc = final_val_acc.map_or("–".to_string(), |a| format!("{a:.3}"));
+    if reached {
+        eprintln!(
+            "{} seed {seed}: {:.0} % validation accuracy at step {steps} in {seconds:.1} s ({:.1} steps/s)",
+            config.name(),
+            settings.target * 100.0,
+            steps as f64 / seconds
+        );
+    } else {
+        eprintln!(
+            "{} seed {seed}: capped at {cap} steps (validation accuracy {acc}) after {seconds:.1} s",
+            config.name()
+        );
+    }
+    Ok(RunResult {
+        config,
+        steps,
+        reached,
+        seconds,
+    })
+}
+
+/// Says on stderr, now and then, how far a run is, so a long bench shows it is alive.
+struct ProgressLog {
+    label: String,
+    start: Instant,
+    last_report: Instant,
+}
+
+impl ProgressLog {
+    fn new(label: String, start: Instant) -> Self {
+        Self {
+            label,
+            start,
+            last_report: start,
+        }
+    }
+}
+
+impl TrainingObserver for ProgressLog {
+    fn on_progress(&mut self, progress: &Progress<'_>) {
+        if !progress.evaluated || self.last_report.elapsed().as_secs_f64() < PROGRESS_EVERY_SECONDS
+        {
+            return;
+        }
+        self.last_report = Instant::now();
+        if let Some(eval) = progress.last_eval {
+            eprintln!(
+                "  {}: step {} (epoch {}), validation accuracy {:.3}, {:.0} s",
+                self.label,
+                progress.step,
+                eval.epoch,
+                eval.val_accuracy,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+/// A median over runs where some values are only lower bounds (capped runs).
+#[derive(Debug, Clone, Copy)]
+struct Bounded {
+    value: f64,
+    /// The median falls on a capped run: the true median is at least `value`.
+    lower_bound: bool,
+}
+
+impl Bounded {
+    fn median(values: &[(f64, bool)]) -> Option<Self> {
+        let mut sorted = values.to_vec();
+        // Capped runs after finished ones of the same value: they would have gone on.
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let n = sorted.len();
+        if n == 0 {
+            return None;
+        }
+        let middle = if n % 2 == 1 {
+            &sorted[n / 2..=n / 2]
+        } else {
+            &sorted[n / 2 - 1..=n / 2]
+        };
+        let plain: Vec<f64> = middle.iter().map(|v| v.0).collect();
+        Some(Self {
+            value: median(&plain)?,
+            lower_bound: middle.iter().any(|v| v.1),
+        })
+    }
+
+    fn show(self, decimals: usize) -> String {
+        let sign = if self.lower_bound { "≥ " } else { "" };
+        format!("{sign}{:.*}", decimals, self.value)
+    }
+}
+
+/// `reference ÷ faster` with what the bounds allow to say.
+fn speedup(reference: Option<Bounded>, faster: Option<Bounded>) -> String {
+    let (Some(reference), Some(faster)) = (reference, faster) else {
+        return "–".to_string();
+    };
+    let ratio = reference.value / faster.value;
+    match (reference.lower_bound, faster.lower_bound) {
+        (false, false) => format!("{ratio:.1}×"),
+        (true, false) => format!("≥ {ratio:.1}×"),
+        (false, true) => format!("≤ {ratio:.1}×"),
+        (true, true) => "? (both capped)".to_string(),
+    }
+}
+
+fn print_summary(settings: &Settings, results: &[RunResult], backend: &str) {
+    let of = |config: Config| -> Vec<&RunResult> {
+        results.iter().filter(|r| r.config == config).collect()
+    };
+    let steps_median = |config: Config| {
+        let runs = of(config);
+        Bounded::median(
+            &runs
+                .iter()
+                .map(|r| (r.steps as f64, !r.reached))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let baseline = steps_median(Config::Baseline);
+    let baseline_wd = steps_median(Config::BaselineWd);
+
+    println!(
+        "\n## Steps to {:.0} % validation accuracy, x·y mod 97 ({backend}, batch 512, seeds {:?})",
+        settings.target * 100.0,
+        settings.seeds
+    );
+    println!();
+    println!(
+        "| config | settings | reached | median steps | median wall s | steps/s | speed-up vs baseline | vs baseline-wd |"
+    );
+    println!("|:--|:--|--:|--:|--:|--:|--:|--:|");
+    for &config in &settings.configs {
+        let runs = of(config);
+        if runs.is_empty() {
+            continue;
+        }
+        let reached = runs.iter().filter(|r| r.reached).count();
+        let steps = steps_median(config);
+        let wall = Bounded::median(
+            &runs
+                .iter()
+                .map(|r| (r.seconds, !r.reached))
+                .collect::<Vec<_>>(),
+        );
+        let rate = median(
+            &runs
+                .iter()
+                .map(|r| r.steps as f64 / r.seconds)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "| {} | {} | {reached}/{} (cap {}) | {} | {} | {} | {} | {} |",
+            config.name(),
+            config.describe(),
+            runs.len(),
+            settings.cap(config),
+            steps.map_or("–".into(), |s| s.show(0)),
+            wall.map_or("–".into(), |w| w.show(1)),
+            rate.map_or("–".into(), |r| format!("{r:.1}")),
+            speedup(baseline, steps),
+            speedup(baseline_wd, steps),
+        );
+    }
+
+    let ema = of(Config::Ema);
+    if !ema.is_empty() {
+        let all_reached = ema.iter().all(|r| r.reached);
+        let slowest = ema.iter().map(|r| r.seconds).fold(0.0, f64::max);
+        let verdict = if all_reached && slowest <= EMA_TARGET_SECONDS {
+            "met"
+        } else {
+            "NOT met"
+        };
+        println!(
+            "\ntarget Grokfast-EMA reaches {:.0} % within {EMA_TARGET_SECONDS:.0} s wall (on 2 cores; here {} thread(s)): {verdict} (slowest seed {slowest:.1} s, {}/{} seeds reached)",
+            settings.target * 100.0,
+            settings.threads,
+            ema.iter().filter(|r| r.reached).count(),
+            ema.len()
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! Training-step throughput on the Grokfast paper's task (x·y mod 97, the `grokfast-paper` model:
+//! 2 layers, d = 128, 4 heads), against PyTorch eager on the same torch install, and the cost of
+//! the GrokFast filters. Run on an idle machine (see `benches/README.md`):
+//!
+//! ```text
+//! cargo bench -p grokforge-training-core --bench throughput                       # tch + PyTorch
+//! cargo bench -p grokforge-training-core --bench throughput \
+//!     --no-default-features --features flex                                      # pure Rust
+//! ```
+//!
+//! For every thread count and batch size the bench starts itself again as a worker process, which
+//! trains with each GrokFast filter (none, EMA, MA) from a fresh model: untimed warm-up steps, then
+//! timed steps (the [`Trainer`]'s real loop: batch, forward, loss read, backward, filter, Adam). Then
+//! `pytorch_throughput.py` times the same step in PyTorch eager at the same thread count and batch.
+//! Worker and PyTorch run one after the other, never together, each in a fresh process: LibTorch
+//! and rayon (flex) fix their thread pools per process, and neither side inherits the other's
+//! warm caches or allocator.
+//!
+//! Knobs (environment; lists are comma-separated):
+//!
+//! - `GROKFORGE_BENCH_STEPS` (60): timed steps per measurement. MA measurements time a multiple
+//!   of the MA window (rounded up), so its exact re-summing of the window, done once every
+//!   `window` steps, is counted at its true share.
+//! - `GROKFORGE_BENCH_WARMUP` (10): untimed steps first; MA warms up for at least its window, so
+//!   the filter is fully active when the clock starts.
+//! - `GROKFORGE_BENCH_BATCHES` (`256,512,1024,2048,full`): `full` is the whole training split
+//!   (4705 rows).
+//! - `GROKFORGE_BENCH_THREADS` (`1,<logical CPUs>`).
+//! - `GROKFORGE_BENCH_FILTERS` (`none,ema,ma`); `GROKFORGE_BENCH_MA_WINDOW` (100, the paper's).
+//! - `GROKFORGE_BENCH_PYTORCH`: `auto` (default: run when the LibTorch virtualenv's python imports
+//!   torch), `off`, or `required` (fail without it). `GROKFORGE_TORCH_PYTHON` names another python.
+//! - `GROKFORGE_BENCH_PYTORCH_FILTERS` (`none`): the filters PyTorch runs too, as the paper's
+//!   published `gradfilter_ema` / `gradfilter_ma` (whose MA sums all 100 gradients every step:
+//!   slow, so not by default).
+//! - `GROKFORGE_BENCH_PYTORCH_ATTENTION` (`sdpa`): PyTorch's fused attention kernel, the stronger
+//!   baseline, or `explicit`, grokforge's own formulation.
+//!
+//! Output: one JSON line per measurement (`{"bench": "throughput", ...}`), progress on stderr, and
+//! at the end Markdown tables with the ratios against PyTorch and the filters' overhead.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use grokforge_training_core::device::set_num_threads;
+use grokforge_training_core::spec::VariedSetting;
+use grokforge_training_core::{
+    Dataset, GrokFastKind, Progress, RunControl, TrainSpec, Trainer, TrainingObserver,
+    backend_description, parse_device,
+};
+use serde_json::{Value, json};
+
+use common::{backend_impl, env_list, env_value, logical_cpus};
+
+/// Set by the parent on the worker processes it starts.
+const WORKER_THREADS: &str = "GROKFORGE_BENCH_WORKER_THREADS";
+const WORKER_BATCH: &str = "GROKFORGE_BENCH_WORKER_BATCH";
+
+const DATASET: &str = "mod-mul:97";
+const PYTORCH_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pytorch_throughput.py");
+
+/// A batch size, or the whole training split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchSize {
+    Rows(usize),
+    Full,
+}
+
+impl BatchSize {
+    fn rows(self, train_rows: usize) -> usize {
+        match self {
+            BatchSize::Rows(rows) => rows.min(train_rows),
+            BatchSize::Full => train_rows,
+        }
+    }
+}
+
+impl FromStr for BatchSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "full" {
+            return Ok(BatchSize::Full);
+        }
+        match text.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!(
+                "expected a positive batch size or `full`, got {text:?}"
+            )),
+            Ok(rows) => Ok(BatchSize::Rows(rows)),
+        }
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchSize::Rows(rows) => write!(f, "{rows}"),
+            BatchSize::Full => f.write_str("full"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PytorchMode {
+    Auto,
+    Off,
+    Required,
+}
+
+impl FromStr for PytorchMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(PytorchMode::Auto),
+            "off" | "0" | "no" => Ok(PytorchMode::Off),
+            "required" | "1" | "yes" => Ok(PytorchMode::Required),
+            other => Err(format!("expected auto, off or required, got {other:?}")),
+        }
+    }
+}
+
+/// Everything the bench reads from the environment, read once.
+#[derive(Debug, Clone)]
+struct Settings {
+    timed_steps: u64,
+    warmup_steps: u64,
+    batches: Vec<BatchSize>,
+    threads: Vec<usize>,
+    filters: Vec<GrokFastKind>,
+    ma_window: usize,
+    pytorch: PytorchMode,
+    pytorch_filters: Vec<GrokFastKind>,
+    pytorch_attention: String,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, String> {
+        let mut threads: Vec<usize> =
+            env_list("GROKFORGE_BENCH_THREADS", &format!("1,{}", logical_cpus()))?;
+        threads.dedup();
+        if threads.contains(&0) {
+            return Err("GROKFORGE_BENCH_THREADS: thread counts must be positive".into());
+        }
+        let parse_filters = |name: &str, default: &str| -> Result<Vec<GrokFastKind>, String> {
+            env_list::<String>(name, default)?
+                .iter()
+                .map(|f| f.parse().map_err(|e| format!("{name}: {e}")))
+                .collect()
+        };
+        let settings = Settings {
+            timed_steps: env_value("GROKFORGE_BENCH_STEPS", 60)?,
+            warmup_steps: env_value("GROKFORGE_BENCH_WARMUP", 10)?,
+            batches: env_list("GROKFORGE_BENCH_BATCHES", "256,512,1024,2048,full")?,
+            threads,
+            filters: parse_filters("GROKFORGE_BENCH_FILTERS", "none,ema,ma")?,
+            ma_window: env_value("GROKFORGE_BENCH_MA_WINDOW", 100)?,
+            pytorch: env_value("GROKFORGE_BENCH_PYTORCH", PytorchMode::Auto)?,
+            pytorch_filters: parse_filters("GROKFORGE_BENCH_PYTORCH_FILTERS", "none")?,
+            pytorch_attention: env_value("GROKFORGE_BENCH_PYTORCH_ATTENTION", "sdpa".to_string())?,
+        };
+        if settings.timed_steps == 0 || settings.ma_window == 0 {
+            return Err(
+                "GROKFORGE_BENCH_STEPS and GROKFORGE_BENCH_MA_WINDOW must be positive".into(),
+            );
+        }
+        Ok(settings)
+    }
+
+    /// Untimed and timed steps for `filter` (see the module documentation for MA).
+    fn steps_for(&self, filter: GrokFastKind) -> (u64, u64) {
+        // At least one untimed step: the first carries one-time costs (allocation, dispatch).
+        let warmup = self.warmup_steps.max(1);
+        match filter {
+            GrokFastKind::Ma => {
+                let window = self.ma_window as u64;
+                (
+                    warmup.max(window),
+                    self.timed_steps.div_ceil(window) * window,
+                )
+            }
+            GrokFastKind::None | GrokFastKind::Ema => (warmup, self.timed_steps),
+        }
+    }
+}
+
+fn main() {
+    // `cargo nextest run --all-targets` lists every target's tests with `--list`; a benchmark
+    // has none to offer, and must not start measuring.
+    if std::env::args().any(|arg| arg == "--list") {
+        return;
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("throughput: {message}");
+            std::process::exit(2);
+        }
+    };
+    let worker = (
+        std::env::var(WORKER_THREADS).ok(),
+        std::env::var(WORKER_BATCH).ok(),
+    );
+    let result = match worker {
+        (Some(threads), Some(batch)) => worker_main(&settings, &threads, &batch),
+        _ => parent_main(&settings),
+    };
+    if let Err(message) = result {
+        eprintln!("throughput: {message}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker: measures grokforge in this process, prints one JSON line per filter.
+
+fn worker_main(settings: &Settings, threads: &str, batch: &str) -> Result<(), String> {
+    let threads: usize = threads
+        .parse()
+        .map_err(|e| format!("{WORKER_THREADS}: {e}"))?;
+    let batch: BatchSize = batch.parse()?;
+    set_num_threads(threads);
+    let device = parse_device("cpu").map_err(|e| e.to_string())?;
+    let base = TrainSpec {
+        dataset: Some(DATASET.into()),
+        window: settings.ma_window,
+        vary: VariedSetting::None,
+        variants: 1,
+        // No evaluation inside the measured steps (0 would mean every epoch).
+        eval_every: u64::MAX,
+        ..TrainSpec::default()
+    };
+    let data = Arc::new(
+        Dataset::prepare(
+            &base.data_source().map_err(|e| e.to_string())?,
+            &base.dataset_options(None).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let rows = batch.rows(data.train_len());
+    let mut backend = backend_description(&device);
+    if backend_impl() == "flex" {
+        backend = format!("{backend}, {threads} rayon threads");
+    }
+    for &filter in &settings.filters {
+        let (warmup, timed) = settings.steps_for(filter);
+        let spec = TrainSpec {
+            batch_size: rows,
+            grokfast: filter,
+            steps: warmup + timed,
+            ..base.clone()
+        };
+        let config = spec.run_config(0, &data).map_err(|e| e.to_string())?;
+        let mut trainer = Trainer::new(config, data.clone(), &device).map_err(|e| e.to_string())?;
+        let mut timer = StepTimer::new(warmup, warmup + timed);
+        trainer
+            .run(&RunControl::default(), &mut timer)
+            .map_err(|e| e.to_string())?;
+        let seconds = timer
+            .seconds()
+            .ok_or("the run ended before its timed steps")?;
+        let line = json!({
+            "bench": "throughput",
+            "impl": backend_impl(),
+            "backend": backend,
+            "threads": threads,
+            "batch": rows,
+            "full_batch": batch == BatchSize::Full,
+            "grokfast": filter.to_string(),
+            "ma_window": (filter == GrokFastKind::Ma).then_some(settings.ma_window),
+            "warmup_steps": warmup,
+            "steps": timed,
+            "seconds": seconds,
+            "steps_per_sec": timed as f64 / seconds,
+        });
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Notes the time at the end of step `start_after` and of step `end_at`.
+struct StepTimer {
+    start_after: u64,
+    end_at: u64,
+    started: Option<Instant>,
+    ended: Option<Instant>,
+}
+
+impl StepTimer {
+    fn new(start_after: u64, end_at: u64) -> Self {
+        Self {
+            start_after,
+            end_at,
+            started: None,
+            ended: None,
+        }
+    }
+
+    fn seconds(&self) -> Option<f64> {
+        Some(self.ended?.duration_since(self.started?).as_secs_f64())
+    }
+}
+
+impl TrainingObserver for StepTimer {
+    fn on_progress(&mut self, progress: &Progress<'_>) {
+        if progress.step == self.start_after {
+            self.started = Some(Instant::now());
+        }
+        if progress.step == self.end_at {
+            self.ended = Some(Instant::now());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: starts the workers and PyTorch, one process at a time, and prints the tables.
+
+/// One measurement, as a worker or the PyTorch script reported it.
+#[derive(Debug, Clone)]
+struct Measurement {
+    implementation: String,
+    threads: usize,
+    batch: usize,
+    filter: String,
+    steps_per_sec: f64,
+}
+
+impl Measurement {
+    fn from_json(line: &Value) -> Option<Self> {
+        Some(Self {
+            implementation: line["impl"].as_str()?.to_string(),
+            threads: usize::try_from(line["threads"].as_u64()?).ok()?,
+            batch: usize::try_from(line["batch"].as_u64()?).ok()?,
+            filter: line["grokfast"].as_str()?.to_string(),
+            steps_per_sec: line["steps_per_sec"].as_f64()?,
+        })
+    }
+}
+
+fn parent_main(settings: &Settings) -> Result<(), String> {
+    common::announce_machine("throughput");
+    println!("# settings: {settings:?}");
+    let python = match settings.pytorch {
+        PytorchMode::Off => None,
+        mode => match find_torch_python() {
+            Ok(python) => Some(python),
+            Err(reason) if mode == PytorchMode::Required => return Err(reason),
+            Err(reason) => {
+                eprintln!("throughput: skipping PyTorch: {reason}");
+                None
+            }
+        },
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let mut results = Vec::new();
+    for &threads in &settings.threads {
+        for &batch in &settings.batches {
+            let mut worker = Command::new(&exe);
+            worker
+                .env(WORKER_THREADS, threads.to_string())
+                .env(WORKER_BATCH, batch.to_string())
+                // flex parallelises through rayon's global pool, sized once per process.
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .env("OMP_NUM_THREADS", threads.to_string());
+            results.extend(run_and_collect(
+                worker,
+                &format!("{} worker", backend_impl()),
+            )?);
+            let Some(python) = &python else { continue };
+            for &filter in &settings.pytorch_filters {
+                let (warmup, timed) = settings.steps_for(filter);
+                let batch_arg = match batch {
+                    BatchSize::Rows(rows) => rows,
+                    BatchSize::Full => 0,
+                };
+                let mut command = python.command();
+                command
+                    .arg(PYTORCH_SCRIPT)
+                    .args(["--batch", &batch_arg.to_string()])
+                    .args(["--threads", &threads.to_string()])
+                    .args(["--steps", &timed.to_string()])
+                    .args(["--warmup", &warmup.to_string()])
+                    .args(["--grokfast", &filter.to_string()])
+                    .args(["--window", &settings.ma_window.to_string()])
+                    .args(["--attention", &settings.pytorch_attention])
+                    .env("OMP_NUM_THREADS", threads.to_string());
+                results.extend(run_and_collect(command, "pytorch")?);
+            }
+        }
+    }
+    print_tables(&results, settings);
+    Ok(())
+}
+
+/// Runs `command` to completion, echoing its JSON lines (and a progress line on stderr) and
+/// returning them parsed. Its stderr passes through.
+fn run_and_collect(mut command: Command, what: &str) -> Result<Vec<Measurement>, String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the {what}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut measurements = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| format!("reading the {what}'s output: {e}"))?;
+        // Echoed whatever it is, so the captured output holds everything the children said.
+        println!("{line}");
+        let parsed = serde_json::from_str::<Value>(&line).ok();
+        if let Some(m) = parsed.as_ref().and_then(Measurement::from_json) {
+            eprintln!(
+                "{:>7} {} thread(s) batch {:>4} {:>4}: {:8.2} steps/s",
+                m.implementation, m.threads, m.batch, m.filter, m.steps_per_sec
+            );
+            measurements.push(m);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the {what}: {e}"))?;
+    if !status.success() {
+        return Err(format!("the {what} failed: {status}"));
+    }
+    Ok(measurements)
+}
+
+/// The python of the LibTorch virtualenv (`scripts/libtorch-env.sh`) and, for its cpu flavour,
+/// the CUDA stand-in libraries `scripts/torch-python.sh` built so `import torch` loads.
+struct TorchPython {
+    python: PathBuf,
+    stubs: Option<PathBuf>,
+}
+
+impl TorchPython {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.python);
+        if let Some(stubs) = &self.stubs {
+            let mut path = stubs.display().to_string();
+            if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
+                path = format!("{path}:{old}");
+            }
+            command.env("LD_LIBRARY_PATH", path);
+        }
+        command
+    }
+}
+
+fn find_torch_python() -> Result<TorchPython, String> {
+    let python = if let Ok(python) = std::env::var("GROKFORGE_TORCH_PYTHON") {
+        TorchPython {
+            python: PathBuf::from(python),
+            stubs: None,
+        }
+    } else {
+        let libtorch = std::env::var("LIBTORCH")
+            .ok()
+            .or_else(|| option_env!("LIBTORCH").map(str::to_string))
+            .ok_or("LIBTORCH is not set (run `eval \"$(scripts/libtorch-env.sh)\"` first)")?;
+        // $venv/lib/python3.X/site-packages/torch
+        let venv = Path::new(&libtorch)
+            .ancestors()
+            .nth(4)
+            .ok_or("LIBTORCH is not inside a virtualenv")?;
+        let stubs = venv.join("grokforge-cuda-stubs");
+        TorchPython {
+            python: venv.join("bin/python"),
+            stubs: stubs.is_dir().then_some(stubs),
+        }
+    };
+    let probe = python
+        .command()
+        .args(["-c", "import torch"])
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.python.display()))?;
+    if !probe.status.success() {
+        let stderr = String::from_utf8_lossy(&probe.stderr);
+        return Err(format!(
+            "{} cannot import torch (run scripts/torch-python.sh): {}",
+            python.python.display(),
+            stderr.lines().last().unwrap_or("")
+        ));
+    }
+    Ok(python)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tables.
+
+fn find<'a>(
+    results: &'a [Measurement],
+    implementation: &str,
+    threads: usize,
+    batch: usize,
+    filter: &str,
+) -> Option<&'a Measurement> {
+    results.iter().find(|m| {
+        m.implementation == implementation
+            && m.threads == threads
+            && m.batch == batch
+            && m.filter == filter
+    })
+}
+
+/// Extra time per step of `filtered` over `plain`, in percent.
+fn overhead_percent(plain: f64, filtered: f64) -> f64 {
+    (plain / filtered - 1.0) * 100.0
+}
+
+fn print_tables(results: &[Measurement], settings: &Settings) {
+    let ours = backend_impl();
+    let mut sizes: Vec<(usize, usize)> = results
+        .iter()
+        .filter(|m| m.implementation == ours)
+        .map(|m| (m.threads, m.batch))
+        .collect();
+    sizes.dedup();
+
+    let mut worst_ratio: Option<(f64, usize, usize)> = None;
+    let has_pytorch = results.iter().any(|m| m.implementation == "pytorch");
+    if has_pytorch {
+        println!(
+            "\n## Step throughput: {ours} vs PyTorch eager ({})",
+            settings.pytorch_attention
+        );
+        println!();
+        println!(
+            "| threads | batch | filter | {ours} steps/s | PyTorch steps/s | {ours} ÷ PyTorch |"
+        );
+        println!("|--:|--:|:--|--:|--:|--:|");
+        for &(threads, batch) in &sizes {
+            for filter in &settings.pytorch_filters {
+                let filter = filter.to_string();
+                let (Some(a), Some(b)) = (
+                    find(results, ours, threads, batch, &filter),
+                    find(results, "pytorch", threads, batch, &filter),
+                ) else {
+                    continue;
+                };
+                let ratio = a.steps_per_sec / b.steps_per_sec;
+                if filter == "none" && worst_ratio.is_none_or(|(r, _, _)| ratio < r) {
+                    worst_ratio = Some((ratio, threads, batch));
+                }
+                println!(
+                    "| {threads} | {batch} | {filter} | {:.2} | {:.2} | {ratio:.2}× |",
+                    a.steps_per_sec, b.steps_per_sec
+                );
+            }
+        }
+    }
+
+    println!("\n## GrokFast overhead per step ({ours})");
+    println!();
+    println!(
+        "| threads | batch | none steps/s | EMA steps/s | MA steps/s | EMA overhead | MA overhead |"
+    );
+    println!("|--:|--:|--:|--:|--:|--:|--:|");
+    let cell = |m: Option<&Measurement>| {
+        m.map_or("–".to_string(), |m| format!("{:.2}", m.steps_per_sec))
+    };
+    let mut worst_ema: Option<(f64, usize, usize)> = None;
+    for &(threads, batch) in &sizes {
+        let none = find(results, ours, threads, batch, "none");
+        let ema = find(results, ours, threads, batch, "ema");
+        let ma = find(results, ours, threads, batch, "ma");
+        let overhead = |filtered: Option<&Measurement>| match (none, filtered) {
+            (Some(n), Some(f)) => {
+                let pct = overhead_percent(n.steps_per_sec, f.steps_per_sec);
+                (Some(pct), format!("{pct:+.1} %"))
+            }
+            _ => (None, "–".to_string()),
+        };
+        let (ema_pct, ema_text) = overhead(ema);
+        let (_, ma_text) = overhead(ma);
+        if let Some(pct) = ema_pct
+            && worst_ema.is_none_or(|(w, _, _)| pct > w)
+        {
+            worst_ema = Some((pct, threads, batch));
+        }
+        println!(
+            "| {threads} | {batch} | {} | {} | {} | {ema_text} | {ma_text} |",
+            cell(none),
+            cell(ema),
+            cell(ma)
+        );
+    }
+
+    println!();
+    if let Some((ratio, threads, batch)) = worst_ratio {
+        let verdict = if ratio >= 1.0 { "met" } else { "NOT met" };
+        println!(
+            "target {ours} ≥ 1.0× PyTorch at every size: {verdict} (lowest {ratio:.2}× at batch {batch}, {threads} thread(s))"
+        );
+    }
+    if let Some((pct, threads, batch)) = worst_ema {
+        let verdict = if pct <= 3.0 { "met" } else { "NOT met" };
+        println!(
+            "target EMA overhead ≤ 3 %: {verdict} (highest {pct:+.1} % at batch {batch}, {threads} thread(s))"
+        );
+    }
+}
