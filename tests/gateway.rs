@@ -139,14 +139,7 @@ async fn the_training_workflow_streams_live_and_ends_in_a_verified_export() {
     assert!(verified >= 8, "{manifest:#}");
 
     // The gateway's metrics saw all of it.
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&base).await;
     for needle in [
         r#"grokforge_http_requests_total{method="POST",route="/phases/{phase}/start",status="202"} 1"#,
         r#"grokforge_http_requests_total{method="GET",route="/exports/{id}",status="200"} 1"#,
@@ -479,14 +472,7 @@ async fn a_slow_client_is_dropped_without_hurting_the_others() {
         "the slow client to be dropped",
         Duration::from_secs(120),
         || async {
-            let metrics = client()
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = common::metrics_text(&base).await;
             metrics
                 .contains(r#"grokforge_websocket_disconnects_total{reason="slow_consumer"} 1"#)
                 .then_some(())
@@ -597,21 +583,11 @@ async fn silent_clients_are_reaped_and_oversized_frames_refused() {
             alive
         })
     };
-    let metrics = || async {
-        client()
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     wait_for(
         "the silent client to be reaped",
         Duration::from_secs(10),
         || async {
-            metrics()
+            common::metrics_text(&base)
                 .await
                 .contains(r#"grokforge_websocket_disconnects_total{reason="ping_timeout"} 1"#)
                 .then_some(())
@@ -641,7 +617,7 @@ async fn silent_clients_are_reaped_and_oversized_frames_refused() {
         }
     };
     assert_eq!(close.0, 1009, "{close:?}");
-    let text = metrics().await;
+    let text = common::metrics_text(&base).await;
     assert!(
         text.contains(r#"grokforge_websocket_disconnects_total{reason="protocol_error"} 1"#),
         "{text}"

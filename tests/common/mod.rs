@@ -130,6 +130,18 @@ pub fn client() -> reqwest::Client {
     client_with(Some(ADMIN_TOKEN))
 }
 
+/// The node's `/metrics` page, fetched with the admin test token.
+pub async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A client that sends `token`, or no token at all.
 pub fn client_with(token: Option<&str>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
