@@ -179,50 +179,21 @@ pub fn load_or_generate_admin_token(data_dir: &Path) -> Result<AdminToken, Token
     })
 }
 
-/// The bearer token of a request: the `Authorization` header, else (when `allow_query`) the
-/// `token` query parameter.
-fn presented_token(header: Option<&str>, query: Option<&str>) -> Option<String> {
+/// The bearer token of a request: the `Authorization` header, else the `?token=` value.
+fn presented_token(header: Option<&str>, query_token: Option<&str>) -> Option<String> {
     if let Some(value) = header {
         let (scheme, token) = value.trim().split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_string());
     }
-    let query = query?;
-    url_query_value(query, "token")
+    query_token.map(str::to_string)
 }
 
-/// One value of an `application/x-www-form-urlencoded` query, percent-decoded.
-fn url_query_value(query: &str, key: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(value: &str) -> String {
-    fn hex(digit: u8) -> Option<u8> {
-        (digit as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The `?token=` of the WebSocket handshake (warp percent-decodes it); other keys are ignored.
+#[derive(serde::Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
 }
 
 fn unauthorized(detail: &str) -> Problem {
@@ -234,10 +205,10 @@ fn unauthorized(detail: &str) -> Problem {
 pub fn check(
     tokens: &Tokens,
     header: Option<&str>,
-    query: Option<&str>,
+    query_token: Option<&str>,
     need: Role,
 ) -> Result<Principal, Problem> {
-    let Some(token) = presented_token(header, query) else {
+    let Some(token) = presented_token(header, query_token) else {
         return Err(unauthorized(
             "this route needs a bearer token: `Authorization: Bearer <token>`",
         ));
@@ -280,16 +251,11 @@ pub fn require_header_or_query(
     need: Role,
 ) -> impl Filter<Extract = (Principal,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
-        .and(
-            warp::query::raw()
-                .map(Some)
-                .or(warp::any().map(|| None))
-                .unify(),
-        )
-        .and_then(move |header: Option<String>, query: Option<String>| {
+        .and(warp::query::<TokenQuery>())
+        .and_then(move |header: Option<String>, query: TokenQuery| {
             let tokens = tokens.clone();
             async move {
-                check(&tokens, header.as_deref(), query.as_deref(), need)
+                check(&tokens, header.as_deref(), query.token.as_deref(), need)
                     .map_err(|problem| warp::reject::custom(Rejected(problem)))
             }
         })
@@ -377,15 +343,15 @@ mod tests {
         );
         // The query is only a fallback for a request without the header.
         assert_eq!(
-            check(&tokens, None, Some("a=1&token=admin-secret"), Role::Admin).ok(),
+            check(&tokens, None, Some("admin-secret"), Role::Admin).ok(),
             Some(Principal { role: Role::Admin })
         );
         assert_eq!(
-            check(&tokens, None, Some("token=user%2Dsecret"), Role::Read).ok(),
+            check(&tokens, None, Some("user-secret"), Role::Read).ok(),
             Some(Principal { role: Role::User })
         );
         assert_eq!(
-            check(&tokens, None, Some("token=nope"), Role::Read)
+            check(&tokens, None, Some("nope"), Role::Read)
                 .unwrap_err()
                 .status,
             401

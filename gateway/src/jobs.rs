@@ -26,7 +26,7 @@ fn parse_phase(name: &str) -> Result<Phase, Problem> {
     })
 }
 
-fn training_problem(error: TrainingError) -> Problem {
+pub(crate) fn training_problem(error: TrainingError) -> Problem {
     match error {
         TrainingError::Phase(PhaseError::NoRecipe { phase, available }) => Problem::new(
             StatusCode::NOT_IMPLEMENTED,

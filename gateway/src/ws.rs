@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use grokforge_actors::events::EventEnvelope;
 use grokforge_actors::names;
-use grokforge_actors::services::training::{TrainingError, TrainingServiceMessage};
+use grokforge_actors::services::training::TrainingServiceMessage;
 use grokforge_actors::services::websocket::protocol::{
     ClientFrame, ControlFrame, encode_event_frame,
 };
@@ -29,7 +29,6 @@ use grokforge_actors::{Topic, events::SCHEMA_VERSION};
 use grokforge_config::Role;
 use uuid::Uuid;
 use warp::filters::ws::{Message, WebSocket, Ws};
-use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
@@ -377,7 +376,7 @@ impl Session {
                     since: since.unwrap_or(u64::MAX),
                     reply,
                 },
-                job_problem,
+                crate::jobs::training_problem,
             )
             .await;
         let events = match log {
@@ -425,14 +424,5 @@ fn topic_error(topic: &str, message: String) -> ControlFrame {
     ControlFrame::Error {
         message,
         topic: Some(topic.to_string()),
-    }
-}
-
-fn job_problem(error: TrainingError) -> Problem {
-    match error {
-        TrainingError::JobNotFound(id) => {
-            Problem::new(StatusCode::NOT_FOUND, format!("job {id} not found"))
-        }
-        other => Problem::unavailable(other.to_string(), 1),
     }
 }
