@@ -21,6 +21,9 @@
 #     --warmup N            untimed steps before them (default 10; MA: at least its window)
 #     --batches LIST        throughput batch sizes (default 256,512,1024,2048,full)
 #     --threads LIST        throughput thread counts (default 1,<logical CPUs>)
+#     --rounds N            times the tch + PyTorch sweep runs; its tables give medians and
+#                           spreads, MA is measured in the first round only (default 3)
+#     --flex-rounds N       the same for the flex sweep (default 1)
 #     --ma-window N         MA window in the throughput bench (default 100, the paper's)
 #     --pytorch-filters L   filters PyTorch runs too (default none; ema,ma add the paper's code)
 #     --flex-filters LIST   filters the flex run measures (default none)
@@ -48,6 +51,8 @@ warmup=10
 batches="256,512,1024,2048,full"
 cpus="$(nproc)"
 threads="1,$cpus"
+rounds=3
+flex_rounds=1
 [[ "$cpus" == 1 ]] && threads=1
 ma_window=100
 pytorch_filters=none
@@ -68,6 +73,8 @@ while [[ $# -gt 0 ]]; do
     --warmup) warmup="$2"; shift 2 ;;
     --batches) batches="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    --flex-rounds) flex_rounds="$2"; shift 2 ;;
     --ma-window) ma_window="$2"; shift 2 ;;
     --pytorch-filters) pytorch_filters="$2"; shift 2 ;;
     --flex-filters) flex_filters="$2"; shift 2 ;;
@@ -91,7 +98,8 @@ stage() { [[ ",$only," == *",$1,"* ]]; }
 estimate() {
   awk -v batches="$batches" -v threads="$threads" -v steps="$steps" -v warmup="$warmup" \
     -v window="$ma_window" -v pf="$pytorch_filters" -v ff="$flex_filters" -v seeds="$seeds" \
-    -v bcap="$baseline_cap" -v gcap="$grokfast_cap" -v configs="$configs" -v cpus="$cpus" '
+    -v bcap="$baseline_cap" -v gcap="$grokfast_cap" -v configs="$configs" -v cpus="$cpus" \
+    -v rounds="$rounds" -v frounds="$flex_rounds" '
     function per_sample(t) { return 0.000225 / (t ^ 0.8) }
     function step_s(b, t) { return 0.008 + per_sample(t) * b }
     function steps_for(f,   w) {
@@ -107,14 +115,15 @@ estimate() {
     BEGIN {
       nb = split(batches, b, ","); nt = split(threads, t, ",")
       tch = 0; flex = 0
-      ours = steps_for("none") + steps_for("ema") + steps_for("ma")
-      torch = filter_steps(pf); fx = 0
+      # Rounds after the first leave MA out.
+      ours = rounds * (steps_for("none") + steps_for("ema")) + steps_for("ma")
+      torch = rounds * filter_steps(pf); fx = 0
       nf = split(ff, fl, ","); for (i = 1; i <= nf; i++) fx += steps_for(fl[i])
       for (i = 1; i <= nt; i++) for (j = 1; j <= nb; j++) {
         rows = (b[j] == "full") ? 4705 : b[j]
         s = step_s(rows, t[i])
-        tch += (ours + torch) * s + 3       # + process start-ups
-        flex += fx * s * 3 + 1
+        tch += (ours + torch) * s + 3 * rounds  # + process start-ups
+        flex += frounds * (fx * s * 3 + 1)
       }
       ns = split(seeds, sd, ","); nc = split(configs, cf, ",")
       g = step_s(512, cpus) * 1.33           # + one validation of 4705 rows per 10-step epoch
@@ -185,7 +194,7 @@ started=$(date +%s)
 if stage tch; then
   settle
   echo "bench-training: throughput, tch vs PyTorch"
-  env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=required \
+  env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=required GROKFORGE_BENCH_ROUNDS="$rounds" \
     GROKFORGE_BENCH_PYTORCH_FILTERS="$pytorch_filters" \
     cargo bench "${profile[@]}" -p "$crate" --bench throughput | tee "$out/throughput-tch.txt"
 fi
@@ -194,6 +203,7 @@ if stage flex; then
   settle
   echo "bench-training: throughput, flex"
   env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=off GROKFORGE_BENCH_FILTERS="$flex_filters" \
+    GROKFORGE_BENCH_ROUNDS="$flex_rounds" \
     cargo bench "${profile[@]}" -p "$crate" "${flex_features[@]}" --bench throughput | tee "$out/throughput-flex.txt"
 fi
 
@@ -213,6 +223,11 @@ fi
     # Standard library only: any python 3 does, the LibTorch virtualenv's included.
     python="$(command -v python3 || echo "$(cd "$LIBTORCH/../../../.." && pwd)/bin/python")"
     "$python" training-core/benches/throughput_table.py "${throughput[@]}"
+  fi
+  if [[ -f "$out/throughput-tch.txt" ]]; then
+    echo
+    echo "#### tch vs PyTorch, paired within each round (the bench's own tables)"
+    sed -n '/^Medians over/,$p' "$out/throughput-tch.txt" | sed 's/^## /##### /'
   fi
   if [[ -f "$out/grokking.txt" ]]; then
     echo

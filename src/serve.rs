@@ -9,8 +9,7 @@ use anyhow::Context;
 use grokforge_actors::Node;
 use grokforge_actors::resilience::BreakerConfig;
 use grokforge_config::{Role, Settings, TokenSettings};
-use grokforge_gateway::{Breakers, GatewayState, Tokens, WebSocketLimits};
-use tokio::net::TcpListener;
+use grokforge_gateway::{Breakers, GatewayState, ListBodies, Tokens, WebSocketLimits};
 use tokio_util::sync::CancellationToken;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -32,7 +31,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut node = Node::start(settings, device, boot_timeout)
         .await
         .context("node failed to start")?;
-    let listener = listen(bind, node.settings.gateway.socket_send_buffer_bytes)
+    let listener = grokforge_gateway::listen(bind, node.settings.gateway.socket_send_buffer_bytes)
         .with_context(|| format!("cannot listen on {bind}"))?;
     let address = listener
         .local_addr()
@@ -67,7 +66,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         websocket,
         breakers: Breakers::new(BreakerConfig::default(), &node.metrics),
         shutdown: CancellationToken::new(),
-        model_lists: Default::default(),
+        model_lists: ListBodies::new(node.model_lists.clone()),
         node_id: node.node_id.clone(),
         directory: node.directory.clone(),
         metrics: node.metrics.clone(),
@@ -124,22 +123,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(escalation) => Err(anyhow::anyhow!("node supervisor gave up: {escalation}")),
         None => Ok(()),
     }
-}
-
-/// Binds the gateway's listener. Accepted sockets inherit the listener's send buffer size, so
-/// setting it here bounds what the kernel holds for each client.
-fn listen(bind: std::net::SocketAddr, send_buffer_bytes: u64) -> std::io::Result<TcpListener> {
-    let socket = if bind.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    if send_buffer_bytes > 0 {
-        socket.set_send_buffer_size(u32::try_from(send_buffer_bytes).unwrap_or(u32::MAX))?;
-    }
-    socket.bind(bind)?;
-    socket.listen(1024)
 }
 
 /// SIGINT and SIGTERM, listened for from before the address is printed: a signal that arrives

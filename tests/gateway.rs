@@ -155,6 +155,49 @@ async fn the_training_workflow_streams_live_and_ends_in_a_verified_export() {
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
+
+    // Delete: a read token may not; a user token gets the deleted record, and every read after
+    // the answer sees the model gone, the list just served from the model service's cache
+    // included.
+    let victim = completed_ids.first().unwrap().clone();
+    let ids_of = |listed: &Value| -> BTreeSet<String> {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids_of(&get_json(&format!("{base}/models?phase=cognate")).await),
+        completed_ids
+    );
+    let refused = client_with(Some(READ_TOKEN))
+        .delete(format!("{base}/models/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let response = client_with(Some(USER_TOKEN))
+        .delete(format!("{base}/models/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let deleted: Value = response.json().await.unwrap();
+    assert_eq!(deleted["id"], victim.as_str());
+    let mut left = completed_ids.clone();
+    left.remove(&victim);
+    assert_eq!(
+        ids_of(&get_json(&format!("{base}/models?phase=cognate")).await),
+        left
+    );
+    let gone = client()
+        .get(format!("{base}/models/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

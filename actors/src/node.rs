@@ -26,7 +26,7 @@ use crate::events::Event;
 use crate::metrics::NodeMetrics;
 use crate::resilience::{RetryPolicy, retry};
 use crate::services::discovery::{self, Discovery, NodeInfo};
-use crate::services::model::{self, ModelService};
+use crate::services::model::{self, ModelLists, ModelService};
 use crate::services::monitoring::{self, HealthProbe, MonitoringService};
 use crate::services::training::{self, TrainingService};
 use crate::services::websocket::{self, WebSocketHub};
@@ -60,6 +60,8 @@ pub struct Node {
     pub api_listening: Arc<AtomicBool>,
     /// Where the gateway listens, once bound (Discovery reports it).
     pub api_address: Arc<OnceLock<String>>,
+    /// The ModelService's cached model lists, for the gateway's `GET /models`.
+    pub model_lists: ModelLists,
     supervisor: ActorRef<NodeSupervisorMessage>,
     supervisor_done: JoinHandle<()>,
     outcome: SupervisorOutcome,
@@ -126,10 +128,12 @@ impl Node {
         };
 
         let bus_args = (metrics.clone(), settings.broker.subscriber_queue_capacity);
+        let model_lists = ModelLists::default();
         let model_args = model::Arguments {
             database: database.clone(),
             artifacts_dir: settings.artifacts_dir(),
             publisher: publisher(names::MODEL_SERVICE),
+            lists: model_lists.clone(),
         };
         let training_args = training::Arguments {
             node_id: node_id.clone(),
@@ -236,6 +240,7 @@ impl Node {
             database,
             api_listening,
             api_address,
+            model_lists,
             supervisor,
             supervisor_done,
             outcome,

@@ -9,7 +9,7 @@ use grokforge_actors::bus::{
     self, EventBus, EventBusMessage, Publisher, SubscribeRequest, Subscription,
 };
 use grokforge_actors::metrics::NodeMetrics;
-use grokforge_actors::services::model::{self, ModelService, ModelServiceMessage};
+use grokforge_actors::services::model::{self, ModelLists, ModelService, ModelServiceMessage};
 use grokforge_actors::{Event, EventEnvelope, ServiceDirectory, Topic, names};
 use grokforge_storage::testing::{TestBackend, run_on};
 use grokforge_storage::{
@@ -22,6 +22,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Harness {
     service: ActorRef<ModelServiceMessage>,
+    /// The service's shared list cache, as the gateway reads it.
+    lists: ModelLists,
     events: Subscription,
     bus: ActorRef<EventBusMessage>,
 }
@@ -29,6 +31,7 @@ struct Harness {
 impl Harness {
     async fn start(database: Database, artifacts_dir: PathBuf) -> Harness {
         let metrics = NodeMetrics::new();
+        let lists = ModelLists::default();
         let (bus, _) = Actor::spawn(
             None,
             EventBus,
@@ -65,12 +68,14 @@ impl Harness {
                 database,
                 artifacts_dir,
                 publisher: Publisher::new("node-a", names::MODEL_SERVICE, directory, metrics),
+                lists: lists.clone(),
             },
         )
         .await
         .unwrap();
         Harness {
             service,
+            lists,
             events,
             bus,
         }
@@ -172,19 +177,25 @@ async fn saves_publish_and_reads_never_go_stale(database: Database, artifacts_di
 
     // A second save of the name is version 2 and shows up in a cached list at once.
     let all = ModelFilter::default();
-    assert_eq!(
-        harness
-            .ask(|r| ModelServiceMessage::List(all.clone(), r))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    let listed = harness
+        .ask(|r| ModelServiceMessage::List(all.clone(), r))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    // The answer is shared with readers outside the actor, the very same list…
+    let shared = harness
+        .lists
+        .get(&all)
+        .expect("the answered list is shared");
+    assert!(Arc::ptr_eq(&shared, &listed));
     let v2 = harness
         .ask(|r| ModelServiceMessage::Save(Box::new(new_model("cognate-a", "cognate")), r))
         .await
         .unwrap();
     assert_eq!(v2.version, 2);
+    // …and gone by the time a change is answered, so no reader can see the old list after.
+    assert!(harness.lists.get(&all).is_none());
+    assert!(harness.lists.get(&winners).is_none());
     harness.next_event().await;
     assert_eq!(
         harness
@@ -251,9 +262,15 @@ async fn saves_publish_and_reads_never_go_stale(database: Database, artifacts_di
 
     // Delete: the cached record goes with it.
     harness
+        .ask(|r| ModelServiceMessage::List(all.clone(), r))
+        .await
+        .unwrap();
+    assert!(harness.lists.get(&all).is_some());
+    harness
         .ask(|r| ModelServiceMessage::Delete(saved.id, r))
         .await
         .unwrap();
+    assert!(harness.lists.get(&all).is_none());
     assert!(matches!(
         harness.ask(|r| ModelServiceMessage::Get(saved.id, r)).await,
         Err(StorageError::ModelNotFound { ids }) if ids == vec![saved.id]

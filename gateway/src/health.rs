@@ -1,5 +1,6 @@
 //! `/health`, `/ready`, `/metrics` and `/cluster/nodes`.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use grokforge_actors::health::HealthReport;
@@ -47,7 +48,7 @@ async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
                 description = "With the problem: seconds to wait before retrying."))),
     ),
 )]
-pub async fn health(state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn health(state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     Ok(match fresh_report(&state).await {
         Ok(report) => {
             let status = if report.status == HealthState::Unhealthy {
@@ -84,7 +85,7 @@ struct Readiness {
         (status = 503, description = "Not ready; `reasons` says why.", body = Readiness),
     ),
 )]
-pub async fn ready(state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn ready(state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let mut reasons = Vec::new();
     if state.shutting_down.load(Ordering::Acquire) {
         reasons.push("node is shutting down".to_string());
@@ -123,7 +124,7 @@ pub async fn ready(state: GatewayState) -> Result<Response, warp::Rejection> {
     Ok(warp::reply::with_status(warp::reply::json(&body), status).into_response())
 }
 
-pub fn metrics(state: GatewayState) -> Response {
+pub fn metrics(state: Arc<GatewayState>) -> Response {
     warp::reply::with_header(
         state.metrics.render(),
         "content-type",
@@ -146,7 +147,7 @@ pub fn metrics(state: GatewayState) -> Response {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn cluster_nodes(state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn cluster_nodes(state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let nodes = state
         .directory
         .call::<DiscoveryMessage, Vec<NodeInfo>, _>(

@@ -1,6 +1,8 @@
 //! Phases and jobs: `POST /phases/{phase}/start`, `GET /phases`, `GET /phases/{phase}/status`,
 //! `GET /jobs`, `GET /jobs/{id}`, `POST /jobs/{id}/cancel`, `GET /jobs/{id}/events?since=`.
 
+use std::sync::Arc;
+
 use grokforge_actors::services::training::{PhaseSummary, TrainingError, TrainingServiceMessage};
 use grokforge_actors::storage::jobs::{JobFilter, JobRecord, JobStatus};
 use grokforge_actors::training_core::{Phase, PhaseError, TrainSpec, phases_with_recipe};
@@ -101,7 +103,7 @@ async fn call<R: Send + 'static>(
 pub async fn start(
     phase: String,
     body: bytes::Bytes,
-    state: GatewayState,
+    state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
     let result = async {
         let phase = parse_phase(&phase)?;
@@ -158,7 +160,7 @@ pub async fn start(
     tag = "jobs",
     responses((status = 200, description = "The phases in pipeline order.", body = [PhaseEntry])),
 )]
-pub async fn phases(_state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn phases(_state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let with_recipe = phases_with_recipe();
     let phases: Vec<serde_json::Value> = Phase::ALL
         .iter()
@@ -185,7 +187,10 @@ pub async fn phases(_state: GatewayState) -> Result<Response, warp::Rejection> {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn phase_status(phase: String, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn phase_status(
+    phase: String,
+    state: Arc<GatewayState>,
+) -> Result<Response, warp::Rejection> {
     let result = match parse_phase(&phase) {
         Ok(phase) => {
             call(&state, |reply| {
@@ -234,7 +239,7 @@ pub struct JobQuery {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn list(query: JobQuery, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn list(query: JobQuery, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let result = async {
         let status = match query.status.as_deref() {
             None => None,
@@ -287,7 +292,7 @@ pub async fn list(query: JobQuery, state: GatewayState) -> Result<Response, warp
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let result = match parse_id("job", &id) {
         Ok(id) => call(&state, |reply| TrainingServiceMessage::GetJob(id, reply)).await,
         Err(problem) => Err(problem),
@@ -315,7 +320,7 @@ pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Reje
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn cancel(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn cancel(id: String, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let result = match parse_id("job", &id) {
         Ok(id) => call(&state, |reply| TrainingServiceMessage::CancelJob(id, reply)).await,
         Err(problem) => Err(problem),
@@ -357,7 +362,7 @@ pub struct EventsQuery {
 pub async fn events(
     id: String,
     query: EventsQuery,
-    state: GatewayState,
+    state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
     let result = match parse_id("job", &id) {
         Ok(job_id) => call(&state, |reply| TrainingServiceMessage::JobEvents {

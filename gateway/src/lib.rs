@@ -183,6 +183,9 @@ pub fn routes(
     let max_body_bytes = state.max_body_bytes;
     let tokens = state.tokens.clone();
     let metrics_registry = state.metrics.clone();
+    // Handlers share one state: cloning the struct itself per request would copy its strings
+    // and touch every one of its reference counts.
+    let state = Arc::new(state);
     let with_state = warp::any().map(move || state.clone());
     let guard = |need: Role| {
         auth::require(tokens.clone(), need)
@@ -313,6 +316,29 @@ pub fn routes(
         }))
 }
 
+/// Binds the gateway's listener. Accepted sockets inherit its options on Linux (warp accepts
+/// them itself, so they cannot be set per connection):
+///
+/// * `TCP_NODELAY`: every response and WebSocket frame leaves when it is written. With Nagle's
+///   algorithm a small frame written while the previous one is unacknowledged waits for the
+///   peer's (possibly delayed) ACK, which costs a live event feed up to tens of milliseconds.
+/// * `SO_SNDBUF` when `send_buffer_bytes` > 0: bounds what the kernel holds for each client, so a
+///   slow client's backlog shows in its session queue instead of hiding in the kernel.
+pub fn listen(bind: std::net::SocketAddr, send_buffer_bytes: u64) -> std::io::Result<TcpListener> {
+    let socket = if bind.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    if send_buffer_bytes > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer_bytes).unwrap_or(u32::MAX))?;
+    }
+    socket.bind(bind)?;
+    socket.listen(1024)
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting, closes the
 /// WebSocket sessions and lets in-flight requests finish. `listening` is true while
 /// connections are accepted.
@@ -333,4 +359,29 @@ pub async fn serve(
         .run()
         .await;
     listening.store(false, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_the_send_buffer() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 64 * 1024).unwrap();
+        let address = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY on the accepted socket"
+        );
+        // Linux doubles the requested size for its bookkeeping.
+        let accepted = tokio::net::TcpSocket::from_std_stream(accepted.into_std().unwrap());
+        let sndbuf = accepted.send_buffer_size().unwrap();
+        assert!(
+            (64 * 1024..=128 * 1024).contains(&sndbuf),
+            "SO_SNDBUF {sndbuf}"
+        );
+        drop(client);
+    }
 }

@@ -3,6 +3,8 @@
 //! Requests are labelled by route *template* (`/jobs/{id}`), never by the raw path: ids would
 //! make the label set unbounded. A path that matches no route is `unmatched`.
 
+use std::sync::Arc;
+
 use grokforge_actors::NodeMetrics;
 use grokforge_actors::names;
 use grokforge_actors::services::model::ModelServiceMessage;
@@ -13,28 +15,31 @@ use warp::reply::Response;
 use crate::GatewayState;
 use crate::problem::Problem;
 
-/// The route template of `path`: one of a closed set.
+/// The route template of `path`: one of a closed set. Called for every request, so it looks at
+/// the first segments in place instead of collecting them.
 pub fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        [""] => "/",
-        ["health"] => "/health",
-        ["ready"] => "/ready",
-        ["metrics"] => "/metrics",
-        ["openapi.json"] => "/openapi.json",
-        ["ws"] => "/ws",
-        ["cluster", "nodes"] => "/cluster/nodes",
-        ["phases"] => "/phases",
-        ["phases", _, "start"] => "/phases/{phase}/start",
-        ["phases", _, "status"] => "/phases/{phase}/status",
-        ["jobs"] => "/jobs",
-        ["jobs", _] => "/jobs/{id}",
-        ["jobs", _, "cancel"] => "/jobs/{id}/cancel",
-        ["jobs", _, "events"] => "/jobs/{id}/events",
-        ["models"] => "/models",
-        ["models", "export"] => "/models/export",
-        ["models", _] => "/models/{id}",
-        ["exports", _] => "/exports/{id}",
+    let mut segments = path.trim_matches('/').split('/');
+    // Every route has at most three segments; a fourth means no route.
+    let s: [Option<&str>; 4] = std::array::from_fn(|_| segments.next());
+    match s {
+        [Some(""), None, None, None] => "/",
+        [Some("health"), None, None, None] => "/health",
+        [Some("ready"), None, None, None] => "/ready",
+        [Some("metrics"), None, None, None] => "/metrics",
+        [Some("openapi.json"), None, None, None] => "/openapi.json",
+        [Some("ws"), None, None, None] => "/ws",
+        [Some("cluster"), Some("nodes"), None, None] => "/cluster/nodes",
+        [Some("phases"), None, None, None] => "/phases",
+        [Some("phases"), Some(_), Some("start"), None] => "/phases/{phase}/start",
+        [Some("phases"), Some(_), Some("status"), None] => "/phases/{phase}/status",
+        [Some("jobs"), None, None, None] => "/jobs",
+        [Some("jobs"), Some(_), None, None] => "/jobs/{id}",
+        [Some("jobs"), Some(_), Some("cancel"), None] => "/jobs/{id}/cancel",
+        [Some("jobs"), Some(_), Some("events"), None] => "/jobs/{id}/events",
+        [Some("models"), None, None, None] => "/models",
+        [Some("models"), Some("export"), None, None] => "/models/export",
+        [Some("models"), Some(_), None, None] => "/models/{id}",
+        [Some("exports"), Some(_), None, None] => "/exports/{id}",
         _ => "unmatched",
     }
 }
@@ -59,7 +64,7 @@ pub fn observe_request(metrics: &NodeMetrics, info: &warp::log::Info<'_>) {
 /// The registry in Prometheus text format, with the models-per-phase gauge refreshed first.
 /// The registry count is a database query, so it is taken at scrape time instead of being
 /// kept in step with every save and delete across the cluster.
-pub async fn metrics(state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn metrics(state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let counts = state
         .call_service(
             names::MODEL_SERVICE,
@@ -114,6 +119,8 @@ mod tests {
             ("/openapi.json", "/openapi.json"),
             ("/no/such/route/here", "unmatched"),
             ("/jobs/a/b/c", "unmatched"),
+            ("/jobs/a/events/extra", "unmatched"),
+            ("/health/", "/health"),
         ] {
             assert_eq!(route_template(path), template, "{path}");
         }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use grokforge_actors::names;
-use grokforge_actors::services::model::ModelServiceMessage;
+use grokforge_actors::services::model::{ModelLists, ModelServiceMessage};
 use grokforge_actors::storage::export::ExportManifest;
 use grokforge_actors::storage::{
     Compression, ExportFormat, ExportRecord, ModelFilter, ModelRecord, StorageError,
@@ -78,17 +78,27 @@ pub struct ModelQuery {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn list(query: ModelQuery, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn list(
+    query: ModelQuery,
+    state: Arc<GatewayState>,
+) -> Result<Response, warp::Rejection> {
     let filter = ModelFilter {
         phase: query.phase,
         name: query.name,
         tag: query.tag,
         winner: query.winner,
     };
-    let result = call(&state, |reply| {
-        ModelServiceMessage::List(filter.clone(), reply)
-    })
-    .await;
+    // The service's cached answer, read in place; without one the service is asked (and caches
+    // what it answers).
+    let result = match state.model_lists.cached(&filter) {
+        Some(records) => Ok(records),
+        None => {
+            call(&state, |reply| {
+                ModelServiceMessage::List(filter.clone(), reply)
+            })
+            .await
+        }
+    };
     Ok(match result {
         Ok(records) => {
             let body = state.model_lists.body(&filter, &records);
@@ -103,12 +113,14 @@ pub async fn list(query: ModelQuery, state: GatewayState) -> Result<Response, wa
     })
 }
 
-/// The JSON bodies of recent `GET /models` answers. The model service hands out the same `Arc`
-/// for as long as its cached list is unchanged, so a body is reused exactly while the pointer
-/// matches: serialising the records (their configs and metric histories) is most of the cost of
-/// the route.
-#[derive(Clone, Default)]
+/// What `GET /models` answers from without serialising or asking again: the model service's
+/// shared list cache ([`ModelLists`], read in place instead of by a mailbox round trip), and the
+/// JSON bodies of recent answers. The service hands out the same `Arc` for as long as its cached
+/// list is unchanged, so a body is reused exactly while the pointer matches: serialising the
+/// records (their configs and metric histories) is most of the cost of the route.
+#[derive(Clone)]
 pub struct ListBodies {
+    service_lists: ModelLists,
     // A std Mutex: held for a map lookup or insert, never across an await.
     bodies: Arc<Mutex<HashMap<ModelFilter, ListBody>>>,
 }
@@ -120,6 +132,19 @@ type ListBody = (Arc<Vec<ModelRecord>>, bytes::Bytes);
 const MAX_LIST_BODIES: usize = 64;
 
 impl ListBodies {
+    /// Over the node's ModelService cache (`Node::model_lists`).
+    pub fn new(service_lists: ModelLists) -> Self {
+        ListBodies {
+            service_lists,
+            bodies: Arc::default(),
+        }
+    }
+
+    /// The service's cached list for `filter`, if it has a fresh one.
+    fn cached(&self, filter: &ModelFilter) -> Option<Arc<Vec<ModelRecord>>> {
+        self.service_lists.get(filter)
+    }
+
     fn body(&self, filter: &ModelFilter, records: &Arc<Vec<ModelRecord>>) -> bytes::Bytes {
         let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((cached, body)) = bodies.get(filter)
@@ -155,7 +180,7 @@ impl ListBodies {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let result = match parse_id("model", &id) {
         Ok(id) => call(&state, |reply| ModelServiceMessage::Get(id, reply)).await,
         Err(problem) => Err(problem),
@@ -182,7 +207,7 @@ pub async fn get(id: String, state: GatewayState) -> Result<Response, warp::Reje
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn delete(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn delete(id: String, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let result = match parse_id("model", &id) {
         Ok(id) => call(&state, |reply| ModelServiceMessage::Delete(id, reply)).await,
         Err(problem) => Err(problem),
@@ -231,7 +256,10 @@ pub struct ExportRequest {
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn export(body: bytes::Bytes, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn export(
+    body: bytes::Bytes,
+    state: Arc<GatewayState>,
+) -> Result<Response, warp::Rejection> {
     let result = async {
         let request: ExportRequest =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
@@ -302,7 +330,7 @@ pub async fn export(body: bytes::Bytes, state: GatewayState) -> Result<Response,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub async fn download(id: String, state: GatewayState) -> Result<Response, warp::Rejection> {
+pub async fn download(id: String, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
     let record = match parse_id("export", &id) {
         Ok(id) => call(&state, |reply| ModelServiceMessage::GetExport(id, reply)).await,
         Err(problem) => Err(problem),

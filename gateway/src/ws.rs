@@ -7,12 +7,19 @@
 //! this connection, frames the client sent, and the ping timer. It writes to the socket only
 //! from that loop, so frames go out in the order the loop handles them.
 //!
+//! The client's frames are read by a task of their own and handed to the loop through a short
+//! channel. Polling the socket from the loop would cost every delivered frame a read attempt,
+//! and tungstenite zero-fills its read buffer (128 KiB) before each attempt, ready or not: with
+//! 1,000 clients that was 128 MB of `memset` per event, most of the CPU of a busy hub. The
+//! reader task is polled only when the socket has data.
+//!
 //! Replay: `subscribe {topic: "job:{id}", since}` registers the subscription first, then reads
 //! the job log past `since` and sends it, then remembers the last sequence number sent; queued
 //! live frames of that job at or below it are skipped. With the hub's ordering invariant (see
 //! the hub's module docs) the client sees every event after `since` exactly once, in order.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
@@ -50,7 +57,7 @@ pub struct WebSocketLimits {
 pub async fn upgrade(
     ws: Ws,
     principal: Principal,
-    state: GatewayState,
+    state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
     let connection = state
         .call_service(names::WEBSOCKET_HUB, WebSocketHubMessage::Connect, |full| {
@@ -106,7 +113,7 @@ impl Ending {
 }
 
 struct Session {
-    state: GatewayState,
+    state: Arc<GatewayState>,
     principal: Principal,
     connection: Connection,
     /// Per job topic, the last sequence number sent: queued frames at or below it are replays'
@@ -116,8 +123,30 @@ struct Session {
 
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
 
+/// What the reader task hands the session: a client frame, or the error that ended reading
+/// (the end of the stream closes the channel).
+type ClientRead = Result<Message, warp::Error>;
+
+/// Client frames read ahead of the session loop. The client only sends small control frames;
+/// past this the reader waits for the loop, and the socket's receive buffer fills up.
+const CLIENT_FRAMES_QUEUED: usize = 8;
+
+/// Forwards the client's frames to the session until the stream ends, fails, or the session
+/// goes away.
+async fn read_client(
+    mut stream: futures::stream::SplitStream<WebSocket>,
+    frames: tokio::sync::mpsc::Sender<ClientRead>,
+) {
+    while let Some(read) = stream.next().await {
+        let failed = read.is_err();
+        if frames.send(read).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
 impl Session {
-    fn new(state: GatewayState, principal: Principal, connection: Connection) -> Session {
+    fn new(state: Arc<GatewayState>, principal: Principal, connection: Connection) -> Session {
         Session {
             state,
             principal,
@@ -127,7 +156,9 @@ impl Session {
     }
 
     async fn run(mut self, socket: WebSocket) {
-        let (mut sink, mut stream) = socket.split();
+        let (mut sink, stream) = socket.split();
+        let (client_frames, mut from_client) = tokio::sync::mpsc::channel(CLIENT_FRAMES_QUEUED);
+        let reader = tokio::spawn(read_client(stream, client_frames));
         let limits = self.state.websocket;
         let hello = ControlFrame::ConnectionEstablished {
             connection_id: self.connection.id(),
@@ -139,9 +170,10 @@ impl Session {
             ping_interval_ms: limits.ping_interval.as_millis() as u64,
         };
         let ending = match self.send(&mut sink, hello.to_json()).await {
-            Ok(()) => self.serve(&mut sink, &mut stream).await,
+            Ok(()) => self.serve(&mut sink, &mut from_client).await,
             Err(ending) => ending,
         };
+        reader.abort();
         // The close frame queues behind whatever the kernel still holds for the client; a
         // client that never reads again gets no more than the write deadline.
         let write_timeout = self.state.websocket.ping_interval;
@@ -164,13 +196,17 @@ impl Session {
     async fn serve(
         &mut self,
         sink: &mut Sink,
-        stream: &mut futures::stream::SplitStream<WebSocket>,
+        from_client: &mut tokio::sync::mpsc::Receiver<ClientRead>,
     ) -> Ending {
         let interval = self.state.websocket.ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
-        let shutdown = self.state.shutdown.clone();
+        // One future for the whole session: every session waits on the same token, and a
+        // fresh `cancelled()` per loop turn would register and unregister a waiter under that
+        // token's lock twice per frame, for every client.
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 delivery = self.connection.recv() => {
@@ -196,7 +232,7 @@ impl Session {
                         return ending;
                     }
                 }
-                frame = stream.next() => {
+                frame = from_client.recv() => {
                     last_heard = Instant::now();
                     let message = match frame {
                         None => return Ending::quietly("client"),
@@ -237,7 +273,7 @@ impl Session {
                         return Ending::quietly("send_failed");
                     }
                 }
-                _ = shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     return Ending::with(1001, "node shutting down", "shutdown");
                 }
             }

@@ -10,7 +10,7 @@ use grokforge_actors::resilience::BreakerConfig;
 use grokforge_actors::services::model::ModelServiceMessage;
 use grokforge_actors::{NodeMetrics, ServiceDirectory, names};
 use grokforge_config::{Role, TokenSettings};
-use grokforge_gateway::{Breakers, GatewayState, Tokens, WebSocketLimits, routes};
+use grokforge_gateway::{Breakers, GatewayState, ListBodies, Tokens, WebSocketLimits, routes};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +74,8 @@ fn state(directory: ServiceDirectory, metrics: NodeMetrics) -> GatewayState {
         },
         breakers: Breakers::new(breaker, &metrics),
         shutdown: CancellationToken::new(),
-        model_lists: Default::default(),
+        // A cache the stand-in services never fill: every read asks them.
+        model_lists: ListBodies::new(Default::default()),
         metrics,
     }
 }

@@ -16,6 +16,12 @@
 //! and rayon (flex) fix their thread pools per process, and neither side inherits the other's
 //! warm caches or allocator.
 //!
+//! The whole sweep is repeated in rounds, and the tables report the median over the rounds with
+//! the lowest and highest value beside it. A ratio is taken within a round (grokforge against the
+//! PyTorch run right after it; a filter against the unfiltered run in the same worker) and the
+//! median of those ratios reported, so a machine that slows down between rounds moves both sides
+//! of a ratio together. On a shared 2-core VM single runs of the same step spread by up to 7 %.
+//!
 //! Knobs (environment; lists are comma-separated):
 //!
 //! - `GROKFORGE_BENCH_STEPS` (60): timed steps per measurement. MA measurements time a multiple
@@ -26,7 +32,10 @@
 //! - `GROKFORGE_BENCH_BATCHES` (`256,512,1024,2048,full`): `full` is the whole training split
 //!   (4705 rows).
 //! - `GROKFORGE_BENCH_THREADS` (`1,<logical CPUs>`).
+//! - `GROKFORGE_BENCH_ROUNDS` (3): how many times the sweep runs.
 //! - `GROKFORGE_BENCH_FILTERS` (`none,ema,ma`); `GROKFORGE_BENCH_MA_WINDOW` (100, the paper's).
+//!   MA, which has no target and takes the longest (its warm-up is a whole window), is measured
+//!   in the first round only.
 //! - `GROKFORGE_BENCH_PYTORCH`: `auto` (default: run when the LibTorch virtualenv's python imports
 //!   torch), `off`, or `required` (fail without it). `GROKFORGE_TORCH_PYTHON` names another python.
 //! - `GROKFORGE_BENCH_PYTORCH_FILTERS` (`none`): the filters PyTorch runs too, as the paper's
@@ -132,6 +141,7 @@ struct Settings {
     warmup_steps: u64,
     batches: Vec<BatchSize>,
     threads: Vec<usize>,
+    rounds: usize,
     filters: Vec<GrokFastKind>,
     ma_window: usize,
     pytorch: PytorchMode,
@@ -158,15 +168,18 @@ impl Settings {
             warmup_steps: env_value("GROKFORGE_BENCH_WARMUP", 10)?,
             batches: env_list("GROKFORGE_BENCH_BATCHES", "256,512,1024,2048,full")?,
             threads,
+            rounds: env_value("GROKFORGE_BENCH_ROUNDS", 3)?,
             filters: parse_filters("GROKFORGE_BENCH_FILTERS", "none,ema,ma")?,
             ma_window: env_value("GROKFORGE_BENCH_MA_WINDOW", 100)?,
             pytorch: env_value("GROKFORGE_BENCH_PYTORCH", PytorchMode::Auto)?,
             pytorch_filters: parse_filters("GROKFORGE_BENCH_PYTORCH_FILTERS", "none")?,
             pytorch_attention: env_value("GROKFORGE_BENCH_PYTORCH_ATTENTION", "sdpa".to_string())?,
         };
-        if settings.timed_steps == 0 || settings.ma_window == 0 {
+        if settings.timed_steps == 0 || settings.ma_window == 0 || settings.rounds == 0 {
             return Err(
-                "GROKFORGE_BENCH_STEPS and GROKFORGE_BENCH_MA_WINDOW must be positive".into(),
+                "GROKFORGE_BENCH_STEPS, GROKFORGE_BENCH_MA_WINDOW and GROKFORGE_BENCH_ROUNDS \
+                 must be positive"
+                    .into(),
             );
         }
         Ok(settings)
@@ -323,6 +336,8 @@ impl TrainingObserver for StepTimer {
 /// One measurement, as a worker or the PyTorch script reported it.
 #[derive(Debug, Clone)]
 struct Measurement {
+    /// Which sweep it came from, counted from 1 (set by the parent).
+    round: usize,
     implementation: String,
     threads: usize,
     batch: usize,
@@ -333,6 +348,7 @@ struct Measurement {
 impl Measurement {
     fn from_json(line: &Value) -> Option<Self> {
         Some(Self {
+            round: 0,
             implementation: line["impl"].as_str()?.to_string(),
             threads: usize::try_from(line["threads"].as_u64()?).ok()?,
             batch: usize::try_from(line["batch"].as_u64()?).ok()?,
@@ -358,38 +374,60 @@ fn parent_main(settings: &Settings) -> Result<(), String> {
     };
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
     let mut results = Vec::new();
-    for &threads in &settings.threads {
-        for &batch in &settings.batches {
-            let mut worker = Command::new(&exe);
-            worker
-                .env(WORKER_THREADS, threads.to_string())
-                .env(WORKER_BATCH, batch.to_string())
-                // flex parallelises through rayon's global pool, sized once per process.
-                .env("RAYON_NUM_THREADS", threads.to_string())
-                .env("OMP_NUM_THREADS", threads.to_string());
-            results.extend(run_and_collect(
-                worker,
-                &format!("{} worker", backend_impl()),
-            )?);
-            let Some(python) = &python else { continue };
-            for &filter in &settings.pytorch_filters {
-                let (warmup, timed) = settings.steps_for(filter);
-                let batch_arg = match batch {
-                    BatchSize::Rows(rows) => rows,
-                    BatchSize::Full => 0,
-                };
-                let mut command = python.command();
-                command
-                    .arg(PYTORCH_SCRIPT)
-                    .args(["--batch", &batch_arg.to_string()])
-                    .args(["--threads", &threads.to_string()])
-                    .args(["--steps", &timed.to_string()])
-                    .args(["--warmup", &warmup.to_string()])
-                    .args(["--grokfast", &filter.to_string()])
-                    .args(["--window", &settings.ma_window.to_string()])
-                    .args(["--attention", &settings.pytorch_attention])
+    for round in 1..=settings.rounds {
+        eprintln!("throughput: round {round} of {}", settings.rounds);
+        // MA only in the first round (see the module documentation).
+        let filters: Vec<GrokFastKind> = settings
+            .filters
+            .iter()
+            .copied()
+            .filter(|&f| round == 1 || f != GrokFastKind::Ma)
+            .collect();
+        let pytorch_filters: Vec<GrokFastKind> = settings
+            .pytorch_filters
+            .iter()
+            .copied()
+            .filter(|&f| round == 1 || f != GrokFastKind::Ma)
+            .collect();
+        let filter_list = filters
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        for &threads in &settings.threads {
+            for &batch in &settings.batches {
+                let mut worker = Command::new(&exe);
+                worker
+                    .env(WORKER_THREADS, threads.to_string())
+                    .env(WORKER_BATCH, batch.to_string())
+                    .env("GROKFORGE_BENCH_FILTERS", &filter_list)
+                    // flex parallelises through rayon's global pool, sized once per process.
+                    .env("RAYON_NUM_THREADS", threads.to_string())
                     .env("OMP_NUM_THREADS", threads.to_string());
-                results.extend(run_and_collect(command, "pytorch")?);
+                let mut measured =
+                    run_and_collect(worker, &format!("{} worker", backend_impl()), round)?;
+                if let Some(python) = &python {
+                    for &filter in &pytorch_filters {
+                        let (warmup, timed) = settings.steps_for(filter);
+                        let batch_arg = match batch {
+                            BatchSize::Rows(rows) => rows,
+                            BatchSize::Full => 0,
+                        };
+                        let mut command = python.command();
+                        command
+                            .arg(PYTORCH_SCRIPT)
+                            .args(["--batch", &batch_arg.to_string()])
+                            .args(["--threads", &threads.to_string()])
+                            .args(["--steps", &timed.to_string()])
+                            .args(["--warmup", &warmup.to_string()])
+                            .args(["--grokfast", &filter.to_string()])
+                            .args(["--window", &settings.ma_window.to_string()])
+                            .args(["--attention", &settings.pytorch_attention])
+                            .env("OMP_NUM_THREADS", threads.to_string());
+                        measured.extend(run_and_collect(command, "pytorch", round)?);
+                    }
+                }
+                results.extend(measured);
             }
         }
     }
@@ -397,9 +435,13 @@ fn parent_main(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `command` to completion, echoing its JSON lines (and a progress line on stderr) and
-/// returning them parsed. Its stderr passes through.
-fn run_and_collect(mut command: Command, what: &str) -> Result<Vec<Measurement>, String> {
+/// Runs `command` to completion, echoing its JSON lines tagged with `round` (and a progress line
+/// on stderr) and returning them parsed. Its stderr passes through.
+fn run_and_collect(
+    mut command: Command,
+    what: &str,
+    round: usize,
+) -> Result<Vec<Measurement>, String> {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -410,9 +452,16 @@ fn run_and_collect(mut command: Command, what: &str) -> Result<Vec<Measurement>,
     for line in BufReader::new(stdout).lines() {
         let line = line.map_err(|e| format!("reading the {what}'s output: {e}"))?;
         // Echoed whatever it is, so the captured output holds everything the children said.
-        println!("{line}");
-        let parsed = serde_json::from_str::<Value>(&line).ok();
-        if let Some(m) = parsed.as_ref().and_then(Measurement::from_json) {
+        let mut parsed = serde_json::from_str::<Value>(&line).ok();
+        match parsed.as_mut().and_then(Value::as_object_mut) {
+            Some(object) => {
+                object.insert("round".into(), round.into());
+                println!("{}", Value::Object(object.clone()));
+            }
+            None => println!("{line}"),
+        }
+        if let Some(mut m) = parsed.as_ref().and_then(Measurement::from_json) {
+            m.round = round;
             eprintln!(
                 "{:>7} {} thread(s) batch {:>4} {:>4}: {:8.2} steps/s",
                 m.implementation, m.threads, m.batch, m.filter, m.steps_per_sec
@@ -492,19 +541,89 @@ fn find_torch_python() -> Result<TorchPython, String> {
 // ---------------------------------------------------------------------------------------------
 // Tables.
 
-fn find<'a>(
-    results: &'a [Measurement],
+/// The steps/s of one measured point, by round.
+fn by_round(
+    results: &[Measurement],
     implementation: &str,
     threads: usize,
     batch: usize,
     filter: &str,
-) -> Option<&'a Measurement> {
-    results.iter().find(|m| {
-        m.implementation == implementation
-            && m.threads == threads
-            && m.batch == batch
-            && m.filter == filter
-    })
+) -> Vec<(usize, f64)> {
+    results
+        .iter()
+        .filter(|m| {
+            m.implementation == implementation
+                && m.threads == threads
+                && m.batch == batch
+                && m.filter == filter
+        })
+        .map(|m| (m.round, m.steps_per_sec))
+        .collect()
+}
+
+/// `f(a, b)` for every round in which both `a` and `b` were measured.
+fn paired(a: &[(usize, f64)], b: &[(usize, f64)], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter()
+        .filter_map(|&(round, x)| {
+            let &(_, y) = b.iter().find(|&&(r, _)| r == round)?;
+            Some(f(x, y))
+        })
+        .collect()
+}
+
+/// Median, lowest and highest of a set of measurements.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+    count: usize,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let mut values: Vec<f64> = values.into_iter().collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        };
+        Some(Self {
+            median,
+            min: values[0],
+            max: values[n - 1],
+            count: n,
+        })
+    }
+
+    /// `median [min, max]`, or just the value when there is one.
+    fn show(spread: Option<Self>, decimals: usize, suffix: &str) -> String {
+        match spread {
+            None => "–".to_string(),
+            Some(s) if s.count == 1 => format!("{:.decimals$}{suffix}", s.median),
+            Some(s) => format!(
+                "{:.decimals$}{suffix} [{:.decimals$}, {:.decimals$}]",
+                s.median, s.min, s.max
+            ),
+        }
+    }
+
+    /// Like [`Spread::show`], with a sign on every number (for overheads).
+    fn show_signed(spread: Option<Self>, decimals: usize, suffix: &str) -> String {
+        match spread {
+            None => "–".to_string(),
+            Some(s) if s.count == 1 => format!("{:+.decimals$}{suffix}", s.median),
+            Some(s) => format!(
+                "{:+.decimals$}{suffix} [{:+.decimals$}, {:+.decimals$}]",
+                s.median, s.min, s.max
+            ),
+        }
+    }
 }
 
 /// Extra time per step of `filtered` over `plain`, in percent.
@@ -519,7 +638,13 @@ fn print_tables(results: &[Measurement], settings: &Settings) {
         .filter(|m| m.implementation == ours)
         .map(|m| (m.threads, m.batch))
         .collect();
+    sizes.sort_unstable();
     sizes.dedup();
+    let rounds = results.iter().map(|m| m.round).max().unwrap_or(0);
+    println!(
+        "\nMedians over {rounds} round(s), [lowest, highest] beside them; ratios are taken within a \
+         round, then their median reported."
+    );
 
     let mut worst_ratio: Option<(f64, usize, usize)> = None;
     let has_pytorch = results.iter().any(|m| m.implementation == "pytorch");
@@ -536,19 +661,19 @@ fn print_tables(results: &[Measurement], settings: &Settings) {
         for &(threads, batch) in &sizes {
             for filter in &settings.pytorch_filters {
                 let filter = filter.to_string();
-                let (Some(a), Some(b)) = (
-                    find(results, ours, threads, batch, &filter),
-                    find(results, "pytorch", threads, batch, &filter),
-                ) else {
+                let a = by_round(results, ours, threads, batch, &filter);
+                let b = by_round(results, "pytorch", threads, batch, &filter);
+                let Some(ratio) = Spread::of(paired(&a, &b, |x, y| x / y)) else {
                     continue;
                 };
-                let ratio = a.steps_per_sec / b.steps_per_sec;
-                if filter == "none" && worst_ratio.is_none_or(|(r, _, _)| ratio < r) {
-                    worst_ratio = Some((ratio, threads, batch));
+                if filter == "none" && worst_ratio.is_none_or(|(r, _, _)| ratio.median < r) {
+                    worst_ratio = Some((ratio.median, threads, batch));
                 }
                 println!(
-                    "| {threads} | {batch} | {filter} | {:.2} | {:.2} | {ratio:.2}× |",
-                    a.steps_per_sec, b.steps_per_sec
+                    "| {threads} | {batch} | {filter} | {} | {} | {} |",
+                    Spread::show(Spread::of(a.iter().map(|p| p.1)), 2, ""),
+                    Spread::show(Spread::of(b.iter().map(|p| p.1)), 2, ""),
+                    Spread::show(Some(ratio), 2, "×"),
                 );
             }
         }
@@ -560,33 +685,27 @@ fn print_tables(results: &[Measurement], settings: &Settings) {
         "| threads | batch | none steps/s | EMA steps/s | MA steps/s | EMA overhead | MA overhead |"
     );
     println!("|--:|--:|--:|--:|--:|--:|--:|");
-    let cell = |m: Option<&Measurement>| {
-        m.map_or("–".to_string(), |m| format!("{:.2}", m.steps_per_sec))
-    };
     let mut worst_ema: Option<(f64, usize, usize)> = None;
     for &(threads, batch) in &sizes {
-        let none = find(results, ours, threads, batch, "none");
-        let ema = find(results, ours, threads, batch, "ema");
-        let ma = find(results, ours, threads, batch, "ma");
-        let overhead = |filtered: Option<&Measurement>| match (none, filtered) {
-            (Some(n), Some(f)) => {
-                let pct = overhead_percent(n.steps_per_sec, f.steps_per_sec);
-                (Some(pct), format!("{pct:+.1} %"))
-            }
-            _ => (None, "–".to_string()),
-        };
-        let (ema_pct, ema_text) = overhead(ema);
-        let (_, ma_text) = overhead(ma);
-        if let Some(pct) = ema_pct
-            && worst_ema.is_none_or(|(w, _, _)| pct > w)
+        let none = by_round(results, ours, threads, batch, "none");
+        let ema = by_round(results, ours, threads, batch, "ema");
+        let ma = by_round(results, ours, threads, batch, "ma");
+        let steps =
+            |points: &[(usize, f64)]| Spread::show(Spread::of(points.iter().map(|p| p.1)), 2, "");
+        let ema_overhead = Spread::of(paired(&none, &ema, overhead_percent));
+        let ma_overhead = Spread::of(paired(&none, &ma, overhead_percent));
+        if let Some(pct) = ema_overhead
+            && worst_ema.is_none_or(|(w, _, _)| pct.median > w)
         {
-            worst_ema = Some((pct, threads, batch));
+            worst_ema = Some((pct.median, threads, batch));
         }
         println!(
-            "| {threads} | {batch} | {} | {} | {} | {ema_text} | {ma_text} |",
-            cell(none),
-            cell(ema),
-            cell(ma)
+            "| {threads} | {batch} | {} | {} | {} | {} | {} |",
+            steps(&none),
+            steps(&ema),
+            steps(&ma),
+            Spread::show_signed(ema_overhead, 1, " %"),
+            Spread::show_signed(ma_overhead, 1, " %"),
         );
     }
 
@@ -594,13 +713,13 @@ fn print_tables(results: &[Measurement], settings: &Settings) {
     if let Some((ratio, threads, batch)) = worst_ratio {
         let verdict = if ratio >= 1.0 { "met" } else { "NOT met" };
         println!(
-            "target {ours} ≥ 1.0× PyTorch at every size: {verdict} (lowest {ratio:.2}× at batch {batch}, {threads} thread(s))"
+            "target {ours} ≥ 1.0× PyTorch at every size (medians): {verdict} (lowest {ratio:.2}× at batch {batch}, {threads} thread(s))"
         );
     }
     if let Some((pct, threads, batch)) = worst_ema {
         let verdict = if pct <= 3.0 { "met" } else { "NOT met" };
         println!(
-            "target EMA overhead ≤ 3 %: {verdict} (highest {pct:+.1} % at batch {batch}, {threads} thread(s))"
+            "target EMA overhead ≤ 3 % (medians): {verdict} (highest {pct:+.1} % at batch {batch}, {threads} thread(s))"
         );
     }
 }

@@ -5,12 +5,15 @@
 Each input is the captured output of one `cargo bench --bench throughput` run; only lines that
 are JSON objects with a `bench` field count, everything else is ignored. Ratios are taken between
 numbers of the same file set, so they only mean something when all runs came from one machine,
-one after the other, with nothing else running. Standard library only.
+one after the other, with nothing else running. A point measured in several rounds shows its
+median with the lowest and highest value beside it, `[min, max]`; ratios here are ratios of medians (the
+bench's own tables pair each round with itself instead). Standard library only.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from collections import OrderedDict
 
@@ -32,8 +35,12 @@ def read_lines(paths: list[str]) -> list[dict]:
     return lines
 
 
-def fmt_rate(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def fmt_rate(value: float | None, spread: list[float] | None = None) -> str:
+    if value is None:
+        return "–"
+    if spread and len(spread) > 1:
+        return f"{value:.2f} [{min(spread):.2f}, {max(spread):.2f}]"
+    return f"{value:.2f}"
 
 
 def fmt_ratio(a: float | None, b: float | None) -> str:
@@ -52,14 +59,14 @@ def main(paths: list[str]) -> int:
         return 2
     lines = read_lines(paths)
     machines = OrderedDict()
-    rates: dict[tuple[str, int, int, str], float] = {}
+    rates: dict[tuple[str, int, int, str], list[float]] = {}
     backends: OrderedDict[str, None] = OrderedDict()
     for line in lines:
         if line["bench"] == "machine":
             machines[line["machine"]] = line.get("load_average_1m")
         elif line["bench"] == "throughput":
             key = (line["impl"], line["threads"], line["batch"], line["grokfast"])
-            rates[key] = line["steps_per_sec"]
+            rates.setdefault(key, []).append(line["steps_per_sec"])
             backends[line.get("backend", line["impl"])] = None
     if not rates:
         print("no throughput lines found", file=sys.stderr)
@@ -73,7 +80,13 @@ def main(paths: list[str]) -> int:
 
     impls = [i for i in ("tch", "flex") if any(k[0] == i for k in rates)]
     sizes = sorted({(k[1], k[2]) for k in rates})
-    rate = lambda impl, threads, batch, filt: rates.get((impl, threads, batch, filt))  # noqa: E731
+
+    def rate(impl: str, threads: int, batch: int, filt: str) -> float | None:
+        values = rates.get((impl, threads, batch, filt))
+        return statistics.median(values) if values else None
+
+    def shown(impl: str, threads: int, batch: int, filt: str) -> str:
+        return fmt_rate(rate(impl, threads, batch, filt), rates.get((impl, threads, batch, filt)))
 
     print("### Step throughput (steps/s, no filter)")
     print()
@@ -86,10 +99,10 @@ def main(paths: list[str]) -> int:
     print(rule)
     for threads, batch in sizes:
         torch = rate("pytorch", threads, batch, "none")
-        row = f"| {threads} | {batch} | {fmt_rate(torch)} |"
+        row = f"| {threads} | {batch} | {shown('pytorch', threads, batch, 'none')} |"
         for impl in impls:
             ours = rate(impl, threads, batch, "none")
-            row += f" {fmt_rate(ours)} | {fmt_ratio(ours, torch)} |"
+            row += f" {shown(impl, threads, batch, 'none')} | {fmt_ratio(ours, torch)} |"
         print(row)
 
     print()
@@ -103,7 +116,8 @@ def main(paths: list[str]) -> int:
             if ema is None and ma is None:
                 continue
             print(
-                f"| {impl} | {threads} | {batch} | {fmt_rate(none)} | {fmt_rate(ema)} | {fmt_rate(ma)} "
+                f"| {impl} | {threads} | {batch} | {shown(impl, threads, batch, 'none')} "
+                f"| {shown(impl, threads, batch, 'ema')} | {shown(impl, threads, batch, 'ma')} "
                 f"| {fmt_overhead(none, ema)} | {fmt_overhead(none, ma)} |"
             )
     return 0

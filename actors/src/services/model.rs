@@ -8,13 +8,19 @@
 //! the same data directory) are not seen by the cache, so entries also expire after
 //! [`CACHE_TTL`], which bounds how stale such a read can be.
 //!
+//! The cached `List` answers are also readable without a message, through the [`ModelLists`]
+//! handle the node hands to its gateway: `GET /models` is the registry's hottest read, and a
+//! mailbox round trip costs more than the lookup. Only this actor writes the handle, under the
+//! same invariant (it clears it before answering or announcing a change, and when it starts), so
+//! a reader sees either a list this actor would have answered or nothing, and then asks it.
+//!
 //! File work (hashing, copying) happens on blocking threads inside the registry. An export can
 //! take long, so it runs as a task owned by the actor (aborted when the actor stops) that
 //! answers the caller itself, keeping the mailbox free for reads meanwhile.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use grokforge_storage::{
@@ -82,6 +88,50 @@ pub struct Arguments {
     pub database: Database,
     pub artifacts_dir: PathBuf,
     pub publisher: Publisher,
+    /// Where the service keeps its cached lists for readers outside it (see the module
+    /// documentation); it outlives restarts, and each start clears it.
+    pub lists: ModelLists,
+}
+
+/// The ModelService's cached `List` answers, shared read-only with the rest of the node.
+///
+/// A std `RwLock`: held for a map lookup, insert or clear, never across an await.
+#[derive(Clone, Default)]
+pub struct ModelLists {
+    lists: Arc<RwLock<HashMap<ModelFilter, Cached<Arc<Vec<ModelRecord>>>>>>,
+}
+
+impl ModelLists {
+    /// The list the service would answer for `filter` now, if it has it cached and fresh
+    /// (younger than [`CACHE_TTL`]); `None` means: ask the service.
+    pub fn get(&self, filter: &ModelFilter) -> Option<Arc<Vec<ModelRecord>>> {
+        self.lists
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(filter)
+            .and_then(Cached::fresh)
+    }
+
+    fn put(&self, filter: ModelFilter, records: &Arc<Vec<ModelRecord>>) {
+        let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
+        if lists.len() >= MAX_CACHED_LISTS {
+            lists.clear();
+        }
+        lists.insert(
+            filter,
+            Cached {
+                value: records.clone(),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn clear(&self) {
+        self.lists
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
 }
 
 struct Cached<T> {
@@ -95,19 +145,28 @@ impl<T: Clone> Cached<T> {
     }
 }
 
-#[derive(Default)]
 struct MetadataCache {
     models: HashMap<Uuid, Cached<ModelRecord>>,
-    lists: HashMap<ModelFilter, Cached<Arc<Vec<ModelRecord>>>>,
+    lists: ModelLists,
 }
 
 impl MetadataCache {
+    /// A cold cache; `lists` is emptied, since a service that died mid-change may have left it
+    /// stale.
+    fn new(lists: ModelLists) -> Self {
+        lists.clear();
+        MetadataCache {
+            models: HashMap::new(),
+            lists,
+        }
+    }
+
     fn model(&self, id: Uuid) -> Option<ModelRecord> {
         self.models.get(&id).and_then(Cached::fresh)
     }
 
     fn list(&self, filter: &ModelFilter) -> Option<Arc<Vec<ModelRecord>>> {
-        self.lists.get(filter).and_then(Cached::fresh)
+        self.lists.get(filter)
     }
 
     fn put_model(&mut self, record: &ModelRecord) {
@@ -124,16 +183,7 @@ impl MetadataCache {
     }
 
     fn put_list(&mut self, filter: ModelFilter, records: &Arc<Vec<ModelRecord>>) {
-        if self.lists.len() >= MAX_CACHED_LISTS {
-            self.lists.clear();
-        }
-        self.lists.insert(
-            filter,
-            Cached {
-                value: records.clone(),
-                at: Instant::now(),
-            },
-        );
+        self.lists.put(filter, records);
     }
 
     fn invalidate(&mut self) {
@@ -173,7 +223,7 @@ impl Actor for ModelService {
         Ok(ModelServiceState {
             registry: ModelRegistry::new(arguments.database, store),
             publisher: arguments.publisher,
-            cache: MetadataCache::default(),
+            cache: MetadataCache::new(arguments.lists),
             exports: JoinSet::new(),
         })
     }
@@ -288,5 +338,21 @@ impl Actor for ModelService {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_starting_service_empties_the_shared_lists() {
+        // A service that died between a change and its invalidation left them stale.
+        let lists = ModelLists::default();
+        let all = ModelFilter::default();
+        lists.put(all.clone(), &Arc::new(Vec::new()));
+        assert!(lists.get(&all).is_some());
+        let _cache = MetadataCache::new(lists.clone());
+        assert!(lists.get(&all).is_none());
     }
 }
