@@ -603,24 +603,23 @@ impl Spread {
 
     /// `median [min, max]`, or just the value when there is one.
     fn show(spread: Option<Self>, decimals: usize, suffix: &str) -> String {
-        match spread {
-            None => "–".to_string(),
-            Some(s) if s.count == 1 => format!("{:.decimals$}{suffix}", s.median),
-            Some(s) => format!(
-                "{:.decimals$}{suffix} [{:.decimals$}, {:.decimals$}]",
-                s.median, s.min, s.max
-            ),
-        }
+        Self::render(spread, suffix, |v| format!("{v:.decimals$}"))
     }
 
     /// Like [`Spread::show`], with a sign on every number (for overheads).
     fn show_signed(spread: Option<Self>, decimals: usize, suffix: &str) -> String {
+        Self::render(spread, suffix, |v| format!("{v:+.decimals$}"))
+    }
+
+    fn render(spread: Option<Self>, suffix: &str, number: impl Fn(f64) -> String) -> String {
         match spread {
             None => "–".to_string(),
-            Some(s) if s.count == 1 => format!("{:+.decimals$}{suffix}", s.median),
+            Some(s) if s.count == 1 => format!("{}{suffix}", number(s.median)),
             Some(s) => format!(
-                "{:+.decimals$}{suffix} [{:+.decimals$}, {:+.decimals$}]",
-                s.median, s.min, s.max
+                "{}{suffix} [{}, {}]",
+                number(s.median),
+                number(s.min),
+                number(s.max)
             ),
         }
     }
