@@ -4,6 +4,8 @@
 #   1. throughput, tch:  grokforge on LibTorch vs PyTorch eager (same torch 2.9.0, same threads),
 #                        and the GrokFast EMA / MA overhead per step;
 #   2. throughput, flex: the pure-Rust backend on the same sizes (no PyTorch: step 1 has it);
+#      and, when asked for (`--only ...,ndarray`), burn's other pure-Rust backend, ndarray,
+#      with the flex stage's rounds and filters, for the choice between the two;
 #   3. grokking:         steps and wall time to 95 % validation accuracy, four configs × seeds;
 #
 # then merges the results into $OUT/summary.md, the body of BENCHMARKS.md's "Training core"
@@ -23,15 +25,15 @@
 #     --threads LIST        throughput thread counts (default 1,<logical CPUs>)
 #     --rounds N            times the tch + PyTorch sweep runs; its tables give medians and
 #                           spreads, MA is measured in the first round only (default 3)
-#     --flex-rounds N       the same for the flex sweep (default 1)
+#     --flex-rounds N       the same for the flex (and ndarray) sweep (default 1)
 #     --ma-window N         MA window in the throughput bench (default 100, the paper's)
 #     --pytorch-filters L   filters PyTorch runs too (default none; ema,ma add the paper's code)
-#     --flex-filters LIST   filters the flex run measures (default none)
+#     --flex-filters LIST   filters the flex (and ndarray) run measures (default none)
 #     --seeds LIST          grokking seeds (default 0,1,2)
 #     --baseline-cap N      grokking step cap of baseline / baseline-wd (default 20000)
 #     --grokfast-cap N      grokking step cap of EMA / MA (default 5000)
 #     --configs LIST        grokking configs (default baseline,ema,ma,baseline-wd)
-#     --only STAGES         stages to run, of tch,flex,grokking (default all three)
+#     --only STAGES         stages to run, of tch,flex,ndarray,grokking (default tch,flex,grokking)
 #     --estimate            print the runtime estimate and exit
 #     --no-wait             do not wait for the load average to drop before each stage
 #     --profile NAME        cargo profile (default: cargo bench's, optimised); `dev` only to
@@ -145,6 +147,7 @@ total=0
 echo "bench-training: estimated runtime on a 2-core 2.5 GHz Xeon (idle), compile time not included:"
 if stage tch; then echo "  throughput tch + PyTorch: $(human "$est_tch")"; total=$((total + est_tch)); fi
 if stage flex; then echo "  throughput flex:          $(human "$est_flex") (flex speed is a guess)"; total=$((total + est_flex)); fi
+if stage ndarray; then echo "  throughput ndarray:       $(human "$est_flex") (as flex; a guess)"; total=$((total + est_flex)); fi
 if stage grokking; then
   echo "  grokking:                 $(human "$est_grok") expected (baselines to their cap of $baseline_cap steps), at most $(human "$est_grok_worst")"
   total=$((total + est_grok))
@@ -161,11 +164,13 @@ scripts/torch-python.sh
 export LD_LIBRARY_PATH="${LIBTORCH_LIB:-$LIBTORCH}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 crate=grokforge-training-core
 flex_features=(--no-default-features --features flex)
+ndarray_features=(--no-default-features --features ndarray)
 
 # Build everything before timing anything: a compile next to a measurement spoils it.
 echo "bench-training: building the benches (${profile[*]:-release})"
 if stage tch || stage grokking; then cargo bench "${profile[@]}" -p "$crate" --benches --no-run; fi
 if stage flex; then cargo bench "${profile[@]}" -p "$crate" "${flex_features[@]}" --bench throughput --no-run; fi
+if stage ndarray; then cargo bench "${profile[@]}" -p "$crate" "${ndarray_features[@]}" --bench throughput --no-run; fi
 
 # Waits (up to 10 minutes) until the 1-minute load average is below 0.3: the compile just
 # finished, or another job is still running.
@@ -205,6 +210,14 @@ if stage flex; then
   env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=off GROKFORGE_BENCH_FILTERS="$flex_filters" \
     GROKFORGE_BENCH_ROUNDS="$flex_rounds" \
     cargo bench "${profile[@]}" -p "$crate" "${flex_features[@]}" --bench throughput | tee "$out/throughput-flex.txt"
+fi
+
+if stage ndarray; then
+  settle
+  echo "bench-training: throughput, ndarray"
+  env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=off GROKFORGE_BENCH_FILTERS="$flex_filters" \
+    GROKFORGE_BENCH_ROUNDS="$flex_rounds" \
+    cargo bench "${profile[@]}" -p "$crate" "${ndarray_features[@]}" --bench throughput | tee "$out/throughput-ndarray.txt"
 fi
 
 if stage grokking; then

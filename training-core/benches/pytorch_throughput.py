@@ -9,9 +9,10 @@ The step is grokforge's, part for part:
 * data: every `[a, op, b, =]` with `a, b < p` (p² equations), a seeded 50/50 split, a fresh
   permutation of the training rows every epoch cut into batches (the last one of an epoch may be
   short), the batch gathered from the training tensor each step;
-* forward to the final norm, the head on the last position only, cross-entropy on the answer
-  token, the number of correct answers; loss and correct count read back together every step
+* `forward_last`: the last block and the head computed for the last position only (every
+  position's keys and values), as grokforge does; cross-entropy on the answer token, the number of correct answers; loss and correct count read back together every step
   (grokforge reads them to check the loss is finite, as the paper's script calls `loss.item()`);
+* subnormal floats flushed to zero (`torch.set_flush_denormal(True)`), as grokforge's trainer does;
 * backward, the optional Grokfast filter (the paper's `gradfilter_ema` / `gradfilter_ma`, as
   published: the MA sums its whole window every step), `torch.optim.Adam` (lr 1e-3, betas
   (0.9, 0.98), eps 1e-8, no weight decay) and the 10-step linear warm-up as a `LambdaLR`.
@@ -51,14 +52,6 @@ def modular_mul_data(p: int) -> tuple[torch.Tensor, torch.Tensor]:
     a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).T
     inputs = torch.stack([a, torch.full_like(a, p), b, torch.full_like(a, p + 1)], dim=1)
     return inputs, a * b % p
-
-
-def forward_last(model: GrokforgeTransformer, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits of the last position, `[batch, vocab]`: grokforge's `Transformer::forward_last`."""
-    x = model.tok_emb(tokens) + model.pos_emb.weight[: tokens.shape[1]].unsqueeze(0)
-    for block in model.blocks:
-        x = block(x)
-    return model.head(model.ln_f(x)[:, -1])
 
 
 def gradfilter_ema(model, grads, alpha: float, lamb: float):
@@ -101,6 +94,9 @@ def main() -> int:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    # grokforge's trainer flushes subnormal floats to zero (training-core/src/denormal.rs); so
+    # does this step, before the first operation starts OpenMP's threads, which inherit it.
+    torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     inputs, answers = modular_mul_data(args.p)
     rows = inputs.shape[0]
@@ -129,7 +125,7 @@ def main() -> int:
         idx = order[cursor : cursor + batch]
         cursor += batch
         x, y = train_x[idx], train_y[idx]
-        logits = forward_last(model, x)
+        logits = model.forward_last(x)
         loss = F.cross_entropy(logits, y)
         correct = (logits.detach().argmax(1) == y).float().sum()
         loss_value, _correct = torch.stack([loss.detach(), correct]).tolist()

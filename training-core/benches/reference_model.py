@@ -92,6 +92,21 @@ class CausalSelfAttention(nn.Module):
             context = torch.softmax(scores + mask, dim=3) @ v
         return self.out(context.transpose(1, 2).reshape(batch, seq, d))
 
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The output at the last position only, `[batch, d]`: its query against every key."""
+        batch, seq, d = x.shape
+        head_dim = d // self.n_heads
+        w_q, w_kv = self.qkv.weight.split([d, 2 * d], dim=0)
+        b_q, b_kv = self.qkv.bias.split([d, 2 * d], dim=0)
+        q = F.linear(x[:, -1], w_q, b_q).view(batch, self.n_heads, 1, head_dim)
+        k, v = F.linear(x, w_kv, b_kv).split(d, dim=2)
+        k, v = (t.view(batch, seq, self.n_heads, head_dim).transpose(1, 2) for t in (k, v))
+        if self.sdpa:
+            context = F.scaled_dot_product_attention(q, k, v)
+        else:
+            context = torch.softmax((q @ k.transpose(2, 3)) * (1.0 / math.sqrt(head_dim)), dim=3) @ v
+        return self.out(context.reshape(batch, d))
+
 
 class Mlp(nn.Module):
     def __init__(self, d_model: int, d_ff: int):
@@ -118,6 +133,11 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
+    def forward_last(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output at the last position only, `[batch, d]`."""
+        x = x[:, -1] + self.attn.forward_last(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
 
 class GrokforgeTransformer(nn.Module):
     """grokforge's decoder-only causal transformer. `forward(tokens [B, S]) -> logits [B, S, V]`."""
@@ -142,6 +162,14 @@ class GrokforgeTransformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
+
+    def forward_last(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`forward(tokens)[:, -1]`, `[B, V]`, with the last block computing only what the last
+        position needs (grokforge's `Transformer::forward_last`)."""
+        x = self.tok_emb(tokens) + self.pos_emb.weight[: tokens.shape[1]].unsqueeze(0)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.head(self.ln_f(self.blocks[-1].forward_last(x)))
 
 
 def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

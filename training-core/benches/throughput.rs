@@ -6,15 +6,20 @@
 //! cargo bench -p grokforge-training-core --bench throughput                       # tch + PyTorch
 //! cargo bench -p grokforge-training-core --bench throughput \
 //!     --no-default-features --features flex                                      # pure Rust
+//! cargo bench -p grokforge-training-core --bench throughput \
+//!     --no-default-features --features ndarray                     # the other pure-Rust one
 //! ```
 //!
 //! For every thread count and batch size the bench starts itself again as a worker process, which
-//! trains with each GrokFast filter (none, EMA, MA) from a fresh model: untimed warm-up steps, then
-//! timed steps (the [`Trainer`]'s real loop: batch, forward, loss read, backward, filter, Adam). Then
-//! `pytorch_throughput.py` times the same step in PyTorch eager at the same thread count and batch.
-//! Worker and PyTorch run one after the other, never together, each in a fresh process: LibTorch
-//! and rayon (flex) fix their thread pools per process, and neither side inherits the other's
-//! warm caches or allocator.
+//! builds one trainer per GrokFast filter (none, EMA, MA), each from a fresh model, runs their
+//! untimed warm-up steps, then their timed steps *interleaved*: a chunk of steps of each filter
+//! in turn (`GROKFORGE_BENCH_CHUNK`, 10), so the filters share whatever the machine does during
+//! the measurement and their overhead ratios are not moved by it. Each chunk is the [`Trainer`]'s
+//! real loop (batch, forward, loss read, backward, filter, Adam), stopped by its cancellation
+//! flag. Then `pytorch_throughput.py` times the same step in PyTorch eager at the same thread
+//! count and batch. Worker and PyTorch run one after the other, never together, each in a fresh
+//! process: LibTorch and rayon (flex, ndarray) fix their thread pools per process, and neither
+//! side inherits the other's warm caches or allocator.
 //!
 //! The whole sweep is repeated in rounds, and the tables report the median over the rounds with
 //! the lowest and highest value beside it. A ratio is taken within a round (grokforge against the
@@ -27,6 +32,7 @@
 //! - `GROKFORGE_BENCH_STEPS` (60): timed steps per measurement. MA measurements time a multiple
 //!   of the MA window (rounded up), so its exact re-summing of the window, done once every
 //!   `window` steps, is counted at its true share.
+//! - `GROKFORGE_BENCH_CHUNK` (10): timed steps a filter runs before the next filter's turn.
 //! - `GROKFORGE_BENCH_WARMUP` (10): untimed steps first; MA warms up for at least its window, so
 //!   the filter is fully active when the clock starts.
 //! - `GROKFORGE_BENCH_BATCHES` (`256,512,1024,2048,full`): `full` is the whole training split
@@ -54,6 +60,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use grokforge_training_core::device::set_num_threads;
@@ -139,6 +146,7 @@ impl FromStr for PytorchMode {
 struct Settings {
     timed_steps: u64,
     warmup_steps: u64,
+    chunk_steps: u64,
     batches: Vec<BatchSize>,
     threads: Vec<usize>,
     rounds: usize,
@@ -166,6 +174,7 @@ impl Settings {
         let settings = Settings {
             timed_steps: env_value("GROKFORGE_BENCH_STEPS", 60)?,
             warmup_steps: env_value("GROKFORGE_BENCH_WARMUP", 10)?,
+            chunk_steps: env_value("GROKFORGE_BENCH_CHUNK", 10)?,
             batches: env_list("GROKFORGE_BENCH_BATCHES", "256,512,1024,2048,full")?,
             threads,
             rounds: env_value("GROKFORGE_BENCH_ROUNDS", 3)?,
@@ -175,10 +184,14 @@ impl Settings {
             pytorch_filters: parse_filters("GROKFORGE_BENCH_PYTORCH_FILTERS", "none")?,
             pytorch_attention: env_value("GROKFORGE_BENCH_PYTORCH_ATTENTION", "sdpa".to_string())?,
         };
-        if settings.timed_steps == 0 || settings.ma_window == 0 || settings.rounds == 0 {
+        if settings.timed_steps == 0
+            || settings.ma_window == 0
+            || settings.rounds == 0
+            || settings.chunk_steps == 0
+        {
             return Err(
-                "GROKFORGE_BENCH_STEPS, GROKFORGE_BENCH_MA_WINDOW and GROKFORGE_BENCH_ROUNDS \
-                 must be positive"
+                "GROKFORGE_BENCH_STEPS, GROKFORGE_BENCH_MA_WINDOW, GROKFORGE_BENCH_ROUNDS and \
+                 GROKFORGE_BENCH_CHUNK must be positive"
                     .into(),
             );
         }
@@ -257,26 +270,46 @@ fn worker_main(settings: &Settings, threads: &str, batch: &str) -> Result<(), St
     );
     let rows = batch.rows(data.train_len());
     let mut backend = backend_description(&device);
-    if backend_impl() == "flex" {
+    if backend_impl() != "tch" {
         backend = format!("{backend}, {threads} rayon threads");
     }
+    // One trainer per filter, all alive at once. After their warm-ups the timed steps run
+    // interleaved, a chunk of each in turn, so a machine that speeds up or slows down during the
+    // measurement moves every filter alike and the overhead ratios see none of it.
+    let mut runs = Vec::new();
     for &filter in &settings.filters {
         let (warmup, timed) = settings.steps_for(filter);
         let spec = TrainSpec {
             batch_size: rows,
             grokfast: filter,
-            steps: warmup + timed,
+            // One step more than is ever run: the loop stops at a chunk's end by cancellation,
+            // never by completing, which would add a final evaluation to the timed part.
+            steps: warmup + timed + 1,
             ..base.clone()
         };
         let config = spec.run_config(0, &data).map_err(|e| e.to_string())?;
-        let mut trainer = Trainer::new(config, data.clone(), &device).map_err(|e| e.to_string())?;
-        let mut timer = StepTimer::new(warmup, warmup + timed);
-        trainer
-            .run(&RunControl::default(), &mut timer)
-            .map_err(|e| e.to_string())?;
-        let seconds = timer
-            .seconds()
-            .ok_or("the run ended before its timed steps")?;
+        let mut run = TimedRun {
+            filter,
+            warmup,
+            timed,
+            trainer: Trainer::new(config, data.clone(), &device).map_err(|e| e.to_string())?,
+            seconds: 0.0,
+        };
+        run.advance(warmup)?;
+        runs.push(run);
+    }
+    let chunk = settings.chunk_steps;
+    while runs.iter().any(|run| run.remaining() > 0) {
+        for run in &mut runs {
+            let steps = run.remaining().min(chunk);
+            if steps > 0 {
+                let started = Instant::now();
+                run.advance(steps)?;
+                run.seconds += started.elapsed().as_secs_f64();
+            }
+        }
+    }
+    for run in &runs {
         let line = json!({
             "bench": "throughput",
             "impl": backend_impl(),
@@ -284,48 +317,65 @@ fn worker_main(settings: &Settings, threads: &str, batch: &str) -> Result<(), St
             "threads": threads,
             "batch": rows,
             "full_batch": batch == BatchSize::Full,
-            "grokfast": filter.to_string(),
-            "ma_window": (filter == GrokFastKind::Ma).then_some(settings.ma_window),
-            "warmup_steps": warmup,
-            "steps": timed,
-            "seconds": seconds,
-            "steps_per_sec": timed as f64 / seconds,
+            "grokfast": run.filter.to_string(),
+            "ma_window": (run.filter == GrokFastKind::Ma).then_some(settings.ma_window),
+            "warmup_steps": run.warmup,
+            "steps": run.timed,
+            "chunk_steps": chunk,
+            "seconds": run.seconds,
+            "steps_per_sec": run.timed as f64 / run.seconds,
         });
         println!("{line}");
     }
     Ok(())
 }
 
-/// Notes the time at the end of step `start_after` and of step `end_at`.
-struct StepTimer {
-    start_after: u64,
-    end_at: u64,
-    started: Option<Instant>,
-    ended: Option<Instant>,
+/// One filter's trainer, advanced a chunk at a time.
+struct TimedRun {
+    filter: GrokFastKind,
+    warmup: u64,
+    timed: u64,
+    trainer: Trainer,
+    /// Wall time of the timed chunks so far.
+    seconds: f64,
 }
 
-impl StepTimer {
-    fn new(start_after: u64, end_at: u64) -> Self {
-        Self {
-            start_after,
-            end_at,
-            started: None,
-            ended: None,
+impl TimedRun {
+    fn remaining(&self) -> u64 {
+        (self.warmup + self.timed).saturating_sub(self.trainer.step())
+    }
+
+    /// Runs `steps` more steps: the trainer's own loop, stopped by its cancellation flag.
+    fn advance(&mut self, steps: u64) -> Result<(), String> {
+        let control = RunControl::default();
+        let mut stop = StopAt {
+            step: self.trainer.step() + steps,
+            cancel: control.cancel.clone(),
+        };
+        self.trainer
+            .run(&control, &mut stop)
+            .map_err(|e| e.to_string())?;
+        if self.trainer.step() != stop.step {
+            return Err(format!(
+                "the run stopped at step {} instead of {}",
+                self.trainer.step(),
+                stop.step
+            ));
         }
-    }
-
-    fn seconds(&self) -> Option<f64> {
-        Some(self.ended?.duration_since(self.started?).as_secs_f64())
+        Ok(())
     }
 }
 
-impl TrainingObserver for StepTimer {
+/// Sets the cancellation flag once the run has completed step `step`.
+struct StopAt {
+    step: u64,
+    cancel: Arc<AtomicBool>,
+}
+
+impl TrainingObserver for StopAt {
     fn on_progress(&mut self, progress: &Progress<'_>) {
-        if progress.step == self.start_after {
-            self.started = Some(Instant::now());
-        }
-        if progress.step == self.end_at {
-            self.ended = Some(Instant::now());
+        if progress.step >= self.step {
+            self.cancel.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -401,7 +451,7 @@ fn parent_main(settings: &Settings) -> Result<(), String> {
                     .env(WORKER_THREADS, threads.to_string())
                     .env(WORKER_BATCH, batch.to_string())
                     .env("GROKFORGE_BENCH_FILTERS", &filter_list)
-                    // flex parallelises through rayon's global pool, sized once per process.
+                    // flex and ndarray parallelise through rayon's global pool, sized once per process.
                     .env("RAYON_NUM_THREADS", threads.to_string())
                     .env("OMP_NUM_THREADS", threads.to_string());
                 let mut measured =

@@ -1,4 +1,4 @@
-"""Merges the JSON lines of `throughput` bench runs (tch, flex, PyTorch) into Markdown tables.
+"""Merges the JSON lines of `throughput` bench runs (tch, flex, ndarray, PyTorch) into Markdown tables.
 
     python3 throughput_table.py throughput-tch.txt throughput-flex.txt > tables.md
 
@@ -78,7 +78,7 @@ def main(paths: list[str]) -> int:
         print(f"- {backend}")
     print()
 
-    impls = [i for i in ("tch", "flex") if any(k[0] == i for k in rates)]
+    impls = [i for i in ("tch", "flex", "ndarray") if any(k[0] == i for k in rates)]
     sizes = sorted({(k[1], k[2]) for k in rates})
 
     def rate(impl: str, threads: int, batch: int, filt: str) -> float | None:

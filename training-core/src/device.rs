@@ -14,8 +14,8 @@ const MAX_CUDA_INDEX: usize = 16;
 /// Parses `cpu` or `cuda:N` into a device of the backend this build was compiled with.
 ///
 /// With the `tch` feature `cpu` is LibTorch on the CPU and `cuda:N` LibTorch's CUDA device `N`
-/// (refused when LibTorch sees no such GPU). With only `flex`, `cpu` is the pure-Rust backend and
-/// CUDA is refused. The device has no autodiff: training code calls `.autodiff()` itself.
+/// (refused when LibTorch sees no such GPU). With only `flex` (or only `ndarray`, kept for the
+/// backend comparison bench), `cpu` is that pure-Rust backend and CUDA is refused. The device has no autodiff: training code calls `.autodiff()` itself.
 pub fn parse_device(spec: &str) -> Result<Device> {
     let spec = spec.trim();
     if spec.eq_ignore_ascii_case("cpu") {
@@ -46,6 +46,11 @@ fn cpu_device() -> Result<Device> {
 #[cfg(all(not(feature = "tch"), feature = "flex"))]
 fn cpu_device() -> Result<Device> {
     Ok(Device::flex())
+}
+
+#[cfg(all(not(feature = "tch"), not(feature = "flex"), feature = "ndarray"))]
+fn cpu_device() -> Result<Device> {
+    Ok(Device::ndarray())
 }
 
 #[cfg(feature = "tch")]
@@ -96,6 +101,12 @@ fn describe(device: &Device) -> Option<String> {
     {
         if *device == Device::flex() {
             return Some("flex cpu (pure Rust)".to_string());
+        }
+    }
+    #[cfg(feature = "ndarray")]
+    {
+        if *device == Device::ndarray() {
+            return Some("ndarray cpu (pure Rust)".to_string());
         }
     }
     let _ = (device, MAX_CUDA_INDEX);

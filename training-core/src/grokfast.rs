@@ -213,15 +213,18 @@ impl GrokFast {
         match self.config {
             GrokFastConfig::None => grad,
             GrokFastConfig::Ema { alpha, lamb } => {
-                let slot = self
-                    .slots
-                    .entry(path)
-                    .or_insert_with(|| Slot::Ema { mean: grad.clone() });
-                let Slot::Ema { mean } = slot else {
-                    unreachable!("an EMA filter only holds EMA slots")
+                // The state is taken out of its slot so it is held only here: burn-tch then
+                // writes each operation into the buffer of its left operand, and the only new
+                // buffer is λμ'. μ' = g + α(μ − g) = αμ + (1 − α)g, then g' = g + λμ'.
+                let mean = match self.slots.remove(&path) {
+                    Some(Slot::Ema { mean }) => mean,
+                    None => grad.clone(),
+                    Some(Slot::Ma { .. }) => unreachable!("an EMA filter only holds EMA slots"),
                 };
-                let updated = mean.clone().mul_scalar(alpha) + grad.clone().mul_scalar(1.0 - alpha);
-                *mean = updated.clone();
+                let updated = (mean - grad.clone()).mul_scalar(alpha) + grad.clone();
+                self.slots.insert(path, Slot::Ema {
+                    mean: updated.clone(),
+                });
                 grad + updated.mul_scalar(lamb)
             }
             GrokFastConfig::Ma {

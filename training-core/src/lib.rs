@@ -15,7 +15,8 @@
 //! - [`grokfast`]: the EMA and MA gradient filters, applied to every float parameter of any burn
 //!   module between backward and the optimizer step.
 //! - [`train`]: the [`Trainer`] loop — Adam/AdamW with PyTorch's defaults and linear warm-up,
-//!   evaluation, a progress [`TrainingObserver`], cancellation, NaN detection.
+//!   evaluation, a progress [`TrainingObserver`], cancellation, NaN detection. It computes with
+//!   subnormal floats flushed to zero ([`denormal`]).
 //! - [`checkpoint`]: atomic, SHA-256-verified [`Checkpoint`] files from which a run resumes bit for
 //!   bit.
 //! - [`phase`] and [`spec`]: the eight Agent Forge [`Phase`]s, the [`Recipe`] trait, the `cognate`
@@ -26,6 +27,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod denormal;
 pub mod device;
 mod error;
 pub mod export;

@@ -238,6 +238,23 @@ impl Projection {
         dims[D - 1] = self.weight.dims()[1];
         output.reshape(dims)
     }
+
+    /// Output columns `start..start + len` only: `forward(input).narrow(D - 1, start, len)`
+    /// without computing the others.
+    fn forward_columns<const D: usize>(&self, input: Tensor<D>, start: usize, len: usize) -> Tensor<D> {
+        let mut dims = input.dims();
+        let d_in = dims[D - 1];
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let output = input
+            .reshape([rows, d_in])
+            .matmul(self.weight.val().narrow(1, start, len));
+        let output = match &self.bias {
+            Some(bias) => output + bias.val().narrow(0, start, len).unsqueeze::<2>(),
+            None => output,
+        };
+        dims[D - 1] = len;
+        output.reshape(dims)
+    }
 }
 
 /// Layer normalisation over the last axis with a learned scale and shift.
@@ -260,7 +277,7 @@ impl LayerNorm {
         }
     }
 
-    fn forward(&self, input: Tensor<3>) -> Tensor<3> {
+    fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         layer_norm(input, self.gamma.val(), Some(self.beta.val()), self.epsilon)
     }
 }
@@ -312,6 +329,36 @@ impl CausalSelfAttention {
             .reshape([batch, seq, d]);
         self.out.forward(context)
     }
+
+    /// The attention output at the last position only, `[batch, d]`: the last query against
+    /// every key (nothing lies after it, so no mask), without the other positions' queries.
+    fn forward_last(&self, input: Tensor<3>) -> Tensor<2> {
+        let [batch, seq, d] = input.dims();
+        let heads = self.n_heads;
+        let head_dim = d / heads;
+
+        let last = input.clone().narrow(1, seq - 1, 1).reshape([batch, d]);
+        let query = self
+            .qkv
+            .forward_columns(last, 0, d)
+            .reshape([batch, heads, 1, head_dim]);
+        let kv = self.qkv.forward_columns(input, d, 2 * d);
+        let split = |index: usize| {
+            kv.clone()
+                .narrow(2, index * d, d)
+                .reshape([batch, seq, heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let (key, value) = (split(0), split(1));
+
+        let scores = query
+            .matmul(key.swap_dims(2, 3))
+            .mul_scalar(1.0 / (head_dim as f64).sqrt());
+        let weights = softmax(scores, 3);
+        // [batch, heads, 1, head_dim] is already the heads side by side.
+        let context = weights.matmul(value).reshape([batch, d]);
+        self.out.forward(context)
+    }
 }
 
 /// `[1, 1, seq, seq]` with −∞ above the diagonal (a position never sees later ones), 0 elsewhere.
@@ -335,7 +382,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, input: Tensor<3>) -> Tensor<3> {
+    fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         self.down.forward(gelu(self.up.forward(input)))
     }
 }
@@ -370,6 +417,16 @@ impl Block {
         let x = input.clone() + self.attn.forward(self.attn_norm.forward(input));
         x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
     }
+
+    /// The block's output at the last position only, `[batch, d]`. Keys and values still come
+    /// from every position; the query, the attention output, the residual and the MLP are
+    /// computed for the last one alone.
+    fn forward_last(&self, input: Tensor<3>) -> Tensor<2> {
+        let [batch, seq, d] = input.dims();
+        let last = input.clone().narrow(1, seq - 1, 1).reshape([batch, d]);
+        let x = last + self.attn.forward_last(self.attn_norm.forward(input));
+        x.clone() + self.mlp.forward(self.mlp_norm.forward(x))
+    }
 }
 
 /// The decoder-only transformer.
@@ -388,8 +445,8 @@ pub struct Transformer {
 }
 
 impl Transformer {
-    /// The final hidden states, `[batch, seq, d]`, after the final norm.
-    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+    /// The embedded input, `[batch, seq, d]`: token plus position embeddings.
+    fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [_, seq] = tokens.dims();
         let d = self.token_embedding.dims()[1];
         let tokens = embedding(self.token_embedding.val(), tokens);
@@ -398,7 +455,12 @@ impl Transformer {
             .val()
             .narrow(0, 0, seq)
             .reshape([1, seq, d]);
-        let mut x = tokens + positions;
+        tokens + positions
+    }
+
+    /// The final hidden states, `[batch, seq, d]`, after the final norm.
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let mut x = self.embed(tokens);
         for block in &self.blocks {
             x = block.forward(x);
         }
@@ -411,12 +473,20 @@ impl Transformer {
     }
 
     /// Logits for the last position only, `[batch, vocab]`: what the algorithmic tasks score.
-    /// The same numbers as `forward(..)[:, -1]`, without projecting the other positions.
+    /// The same numbers as `forward(..)[:, -1]` (up to float rounding), with the last block
+    /// computing only what the last position needs: its query, attention output and MLP, but
+    /// every position's keys and values. On the `grokfast-paper` model that is about a third of
+    /// the arithmetic of a step.
     pub fn forward_last(&self, tokens: Tensor<2, Int>) -> Tensor<2> {
-        let hidden = self.hidden(tokens);
-        let [batch, seq, d] = hidden.dims();
-        let last = hidden.narrow(1, seq - 1, 1).reshape([batch, d]);
-        self.head.forward(last)
+        let mut x = self.embed(tokens);
+        let (last_block, earlier) = self
+            .blocks
+            .split_last()
+            .expect("a validated config has at least one block");
+        for block in earlier {
+            x = block.forward(x);
+        }
+        self.head.forward(self.final_norm.forward(last_block.forward_last(x)))
     }
 }
 
@@ -498,6 +568,60 @@ mod tests {
         for (x, y) in last.iter().zip(&from_full) {
             assert!((x - y).abs() < 1e-5);
         }
+    }
+
+    /// `forward_last` prunes the last block to the last position; the loss it trains on must
+    /// have the gradients of the unpruned model's last position, for every parameter (the
+    /// pruned query/key/value columns and the other positions' paths included).
+    #[test]
+    fn the_last_position_path_has_the_full_models_gradients() {
+        use burn::optim::GradientsParams;
+
+        let device = test_device().autodiff();
+        let config = TransformerConfig::new(12, 5, 16, 3, 4).with_d_ff(Some(40));
+        let model = config.init(7, &device).unwrap();
+        let tokens = Tensor::<2, Int>::from_data(
+            TensorData::new(vec![1i64, 4, 2, 11, 3, 0, 7, 7, 5, 10], [2, 5]),
+            &device,
+        );
+        let weights = Tensor::<2>::from_data(
+            TensorData::new((0..24).map(|i| (i as f32 * 0.37).sin()).collect(), [2, 12]),
+            &device,
+        );
+        let grads = |logits: Tensor<2>| {
+            let loss = (logits * weights.clone()).sum();
+            GradientsParams::from_grads(loss.backward(), &model)
+        };
+        let pruned = grads(model.forward_last(tokens.clone()));
+        let full = grads(model.forward(tokens).narrow(1, 4, 1).reshape([2, 12]));
+
+        struct Compare<'a> {
+            pruned: &'a GradientsParams,
+            full: &'a GradientsParams,
+            checked: usize,
+        }
+        impl burn::module::ModuleVisitor for Compare<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let id = param.id;
+                let (Some(a), Some(b)) = (self.pruned.get::<D>(id), self.full.get::<D>(id)) else {
+                    panic!("parameter {id} has a gradient on one path only");
+                };
+                let (a, b) = (crate::to_f32_vec(a), crate::to_f32_vec(b));
+                let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() <= 1e-4 * scale, "parameter {id}: {x} vs {y}");
+                }
+                self.checked += 1;
+            }
+        }
+        let mut compare = Compare {
+            pruned: &pruned,
+            full: &full,
+            checked: 0,
+        };
+        model.visit(&mut compare);
+        // Embeddings 2, three blocks of 12, final norm 2, head 1.
+        assert_eq!(compare.checked, 2 + 3 * 12 + 2 + 1);
     }
 
     #[test]

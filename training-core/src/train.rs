@@ -7,6 +7,10 @@
 //! cancellation flag is checked before every step; when it is set the run writes a checkpoint (if
 //! it has a checkpoint path) and returns [`StopReason::Cancelled`].
 //!
+//! Subnormal floats are flushed to zero while the loop runs and evaluates
+//! ([`crate::denormal`]): GrokFast's trajectories produce them, and x86 CPUs compute on them many
+//! times slower than on normal numbers.
+//!
 //! Everything that decides the numbers — the model, optimizer and GrokFast state, the data order
 //! and the step — is in the [`Checkpoint`], so resuming continues bit for bit (same backend, seed
 //! and thread count).
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{CHECKPOINT_FORMAT_VERSION, Checkpoint, CheckpointMeta};
+use crate::denormal::FlushDenormals;
 use crate::data::{Batch, DataOrder, DataSource, Dataset, DatasetOptions, Target};
 use crate::error::{Error, Result};
 use crate::grokfast::{GrokFast, GrokFastConfig};
@@ -390,6 +395,7 @@ impl Trainer {
         control: &RunControl,
         observer: &mut dyn TrainingObserver,
     ) -> Result<RunOutcome> {
+        let _flush = FlushDenormals::new();
         let mut recent: VecDeque<Instant> = VecDeque::with_capacity(RATE_WINDOW + 1);
         recent.push_back(Instant::now());
         let mut evaluated_last = false;
@@ -514,6 +520,7 @@ impl Trainer {
 
     /// Loss and accuracy on the whole validation split.
     pub fn evaluate(&self) -> (f64, f64) {
+        let _flush = FlushDenormals::new();
         let model = self.model().valid();
         let device = self.device.clone().without_autodiff();
         let total = self.dataset.valid_len();

@@ -11,7 +11,13 @@ use std::str::FromStr;
 
 /// Which backend this build of the bench measures.
 pub fn backend_impl() -> &'static str {
-    if cfg!(feature = "tch") { "tch" } else { "flex" }
+    if cfg!(feature = "tch") {
+        "tch"
+    } else if cfg!(feature = "flex") {
+        "flex"
+    } else {
+        "ndarray"
+    }
 }
 
 /// The value of environment variable `name`, parsed; `default` when unset or empty.
