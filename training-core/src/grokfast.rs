@@ -222,9 +222,12 @@ impl GrokFast {
                     Some(Slot::Ma { .. }) => unreachable!("an EMA filter only holds EMA slots"),
                 };
                 let updated = (mean - grad.clone()).mul_scalar(alpha) + grad.clone();
-                self.slots.insert(path, Slot::Ema {
-                    mean: updated.clone(),
-                });
+                self.slots.insert(
+                    path,
+                    Slot::Ema {
+                        mean: updated.clone(),
+                    },
+                );
                 grad + updated.mul_scalar(lamb)
             }
             GrokFastConfig::Ma {

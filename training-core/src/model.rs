@@ -241,7 +241,12 @@ impl Projection {
 
     /// Output columns `start..start + len` only: `forward(input).narrow(D - 1, start, len)`
     /// without computing the others.
-    fn forward_columns<const D: usize>(&self, input: Tensor<D>, start: usize, len: usize) -> Tensor<D> {
+    fn forward_columns<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        start: usize,
+        len: usize,
+    ) -> Tensor<D> {
         let mut dims = input.dims();
         let d_in = dims[D - 1];
         let rows = dims[..D - 1].iter().product::<usize>();
@@ -486,7 +491,8 @@ impl Transformer {
         for block in earlier {
             x = block.forward(x);
         }
-        self.head.forward(self.final_norm.forward(last_block.forward_last(x)))
+        self.head
+            .forward(self.final_norm.forward(last_block.forward_last(x)))
     }
 }
 

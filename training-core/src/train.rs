@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{CHECKPOINT_FORMAT_VERSION, Checkpoint, CheckpointMeta};
-use crate::denormal::FlushDenormals;
 use crate::data::{Batch, DataOrder, DataSource, Dataset, DatasetOptions, Target};
+use crate::denormal::FlushDenormals;
 use crate::error::{Error, Result};
 use crate::grokfast::{GrokFast, GrokFastConfig};
 use crate::model::{Transformer, TransformerConfig};
