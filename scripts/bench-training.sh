@@ -163,14 +163,15 @@ eval "$(scripts/libtorch-env.sh)"
 scripts/torch-python.sh
 export LD_LIBRARY_PATH="${LIBTORCH_LIB:-$LIBTORCH}/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 crate=grokforge-training-core
-flex_features=(--no-default-features --features flex)
-ndarray_features=(--no-default-features --features ndarray)
 
 # Build everything before timing anything: a compile next to a measurement spoils it.
 echo "bench-training: building the benches (${profile[*]:-release})"
 if stage tch || stage grokking; then cargo bench "${profile[@]}" -p "$crate" --benches --no-run; fi
-if stage flex; then cargo bench "${profile[@]}" -p "$crate" "${flex_features[@]}" --bench throughput --no-run; fi
-if stage ndarray; then cargo bench "${profile[@]}" -p "$crate" "${ndarray_features[@]}" --bench throughput --no-run; fi
+for backend in flex ndarray; do
+  if stage "$backend"; then
+    cargo bench "${profile[@]}" -p "$crate" --no-default-features --features "$backend" --bench throughput --no-run
+  fi
+done
 
 # Waits (up to 10 minutes) until the 1-minute load average is below 0.3: the compile just
 # finished, or another job is still running.
@@ -204,21 +205,16 @@ if stage tch; then
     cargo bench "${profile[@]}" -p "$crate" --bench throughput | tee "$out/throughput-tch.txt"
 fi
 
-if stage flex; then
+# The pure-Rust backends, each with the flex stage's rounds and filters.
+for backend in flex ndarray; do
+  stage "$backend" || continue
   settle
-  echo "bench-training: throughput, flex"
+  echo "bench-training: throughput, $backend"
   env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=off GROKFORGE_BENCH_FILTERS="$flex_filters" \
     GROKFORGE_BENCH_ROUNDS="$flex_rounds" \
-    cargo bench "${profile[@]}" -p "$crate" "${flex_features[@]}" --bench throughput | tee "$out/throughput-flex.txt"
-fi
-
-if stage ndarray; then
-  settle
-  echo "bench-training: throughput, ndarray"
-  env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=off GROKFORGE_BENCH_FILTERS="$flex_filters" \
-    GROKFORGE_BENCH_ROUNDS="$flex_rounds" \
-    cargo bench "${profile[@]}" -p "$crate" "${ndarray_features[@]}" --bench throughput | tee "$out/throughput-ndarray.txt"
-fi
+    cargo bench "${profile[@]}" -p "$crate" --no-default-features --features "$backend" --bench throughput \
+    | tee "$out/throughput-$backend.txt"
+done
 
 if stage grokking; then
   settle
