@@ -227,16 +227,11 @@ impl Projection {
 
     /// Applies the projection to the last axis of `input`.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let mut dims = input.dims();
-        let d_in = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let output = input.reshape([rows, d_in]).matmul(self.weight.val());
-        let output = match &self.bias {
-            Some(bias) => output + bias.val().unsqueeze::<2>(),
-            None => output,
-        };
-        dims[D - 1] = self.weight.dims()[1];
-        output.reshape(dims)
+        project(
+            input,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        )
     }
 
     /// Output columns `start..start + len` only: `forward(input).narrow(D - 1, start, len)`
@@ -247,19 +242,30 @@ impl Projection {
         start: usize,
         len: usize,
     ) -> Tensor<D> {
-        let mut dims = input.dims();
-        let d_in = dims[D - 1];
-        let rows = dims[..D - 1].iter().product::<usize>();
-        let output = input
-            .reshape([rows, d_in])
-            .matmul(self.weight.val().narrow(1, start, len));
-        let output = match &self.bias {
-            Some(bias) => output + bias.val().narrow(0, start, len).unsqueeze::<2>(),
-            None => output,
-        };
-        dims[D - 1] = len;
-        output.reshape(dims)
+        project(
+            input,
+            self.weight.val().narrow(1, start, len),
+            self.bias.as_ref().map(|b| b.val().narrow(0, start, len)),
+        )
     }
+}
+
+/// `input · weight + bias` over the last axis of `input`, as one 2-D matrix product.
+fn project<const D: usize>(
+    input: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let mut dims = input.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    dims[D - 1] = weight.dims()[1];
+    let output = input.reshape([rows, d_in]).matmul(weight);
+    let output = match bias {
+        Some(bias) => output + bias.unsqueeze::<2>(),
+        None => output,
+    };
+    output.reshape(dims)
 }
 
 /// Layer normalisation over the last axis with a learned scale and shift.
