@@ -296,6 +296,9 @@ impl std::fmt::Debug for Trainer {
 impl Trainer {
     /// A fresh run of `config` on `dataset`. `device` may be plain or autodiff.
     pub fn new(config: RunConfig, dataset: Arc<Dataset>, device: &Device) -> Result<Self> {
+        // Initialising the weights is this thread's first parallel work: LibTorch starts its
+        // worker threads now, and they keep the mode they start with (see `denormal`).
+        let _flush = FlushDenormals::new();
         check_fits(&config, &dataset)?;
         let device = device.clone().autodiff();
         let model = config.model.init(config.seed, &device)?;
@@ -318,6 +321,7 @@ impl Trainer {
     /// Continues the run saved in `checkpoint`. `dataset` must be the one the run used (its
     /// fingerprint is checked).
     pub fn resume(checkpoint: Checkpoint, dataset: Arc<Dataset>, device: &Device) -> Result<Self> {
+        let _flush = FlushDenormals::new();
         let Checkpoint {
             meta,
             model,

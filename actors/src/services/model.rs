@@ -98,8 +98,11 @@ pub struct Arguments {
 /// A std `RwLock`: held for a map lookup, insert or clear, never across an await.
 #[derive(Clone, Default)]
 pub struct ModelLists {
-    lists: Arc<RwLock<HashMap<ModelFilter, Cached<Arc<Vec<ModelRecord>>>>>>,
+    lists: Arc<RwLock<ListsByFilter>>,
 }
+
+/// Each filter's list with the time it was read.
+type ListsByFilter = HashMap<ModelFilter, Cached<Arc<Vec<ModelRecord>>>>;
 
 impl ModelLists {
     /// The list the service would answer for `filter` now, if it has it cached and fresh
