@@ -26,6 +26,8 @@
 #     --rounds N            times the tch + PyTorch sweep runs; its tables give medians and
 #                           spreads, MA is measured in the first round only (default 3)
 #     --flex-rounds N       the same for the flex (and ndarray) sweep (default 1)
+#     --filters LIST        filters the tch sweep measures (default none,ema,ma; MA in the
+#                           first round only)
 #     --ma-window N         MA window in the throughput bench (default 100, the paper's)
 #     --pytorch-filters L   filters PyTorch runs too (default none; ema,ma add the paper's code)
 #     --flex-filters LIST   filters the flex (and ndarray) run measures (default none)
@@ -39,10 +41,10 @@
 #     --profile NAME        cargo profile (default: cargo bench's, optimised); `dev` only to
 #                           smoke-test this script with tiny settings, never for numbers
 #
-# The runtime estimate is printed before anything runs. It comes from per-sample step costs
-# measured roughly on a 2-core Xeon @ 2.5 GHz (LibTorch about 0.23 ms per example and step on one
-# thread, 0.13 ms on two, 8 ms fixed per step); flex is assumed 3× slower than tch, which nobody
-# has measured yet. Compile time (several minutes per feature set) comes on top.
+# The runtime estimate is printed before anything runs. It comes from the step rates measured on
+# a 2-core Xeon @ 2.5 GHz in session 4 (LibTorch about 0.15 ms per example and step on one thread,
+# 0.08 ms on two, 6 ms fixed per step) and flex at 0.4× tch (session 3). Compile time (several
+# minutes per feature set) comes on top.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,6 +59,7 @@ rounds=3
 flex_rounds=1
 [[ "$cpus" == 1 ]] && threads=1
 ma_window=100
+filters=none,ema,ma
 pytorch_filters=none
 flex_filters=none
 seeds=0,1,2
@@ -77,6 +80,7 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --flex-rounds) flex_rounds="$2"; shift 2 ;;
+    --filters) filters="$2"; shift 2 ;;
     --ma-window) ma_window="$2"; shift 2 ;;
     --pytorch-filters) pytorch_filters="$2"; shift 2 ;;
     --flex-filters) flex_filters="$2"; shift 2 ;;
@@ -99,11 +103,11 @@ stage() { [[ ",$only," == *",$1,"* ]]; }
 # grokking_worst" (grokking expected: baselines run to their cap, Grokfast stops at ~1500 steps).
 estimate() {
   awk -v batches="$batches" -v threads="$threads" -v steps="$steps" -v warmup="$warmup" \
-    -v window="$ma_window" -v pf="$pytorch_filters" -v ff="$flex_filters" -v seeds="$seeds" \
+    -v window="$ma_window"  -v tf="$filters" -v pf="$pytorch_filters" -v ff="$flex_filters" -v seeds="$seeds" \
     -v bcap="$baseline_cap" -v gcap="$grokfast_cap" -v configs="$configs" -v cpus="$cpus" \
     -v rounds="$rounds" -v frounds="$flex_rounds" '
-    function per_sample(t) { return 0.000225 / (t ^ 0.8) }
-    function step_s(b, t) { return 0.008 + per_sample(t) * b }
+    function per_sample(t) { return 0.000151 / (t ^ 0.9) }
+    function step_s(b, t) { return 0.006 + per_sample(t) * b }
     function steps_for(f,   w) {
       w = (warmup < 1 ? 1 : warmup)
       if (f == "ma") return (w > window ? w : window) + int((steps + window - 1) / window) * window
@@ -118,14 +122,15 @@ estimate() {
       nb = split(batches, b, ","); nt = split(threads, t, ",")
       tch = 0; flex = 0
       # Rounds after the first leave MA out.
-      ours = rounds * (steps_for("none") + steps_for("ema")) + steps_for("ma")
+      nt2 = split(tf, tfl, ","); ours = 0
+      for (i = 1; i <= nt2; i++) ours += (tfl[i] == "ma" ? 1 : rounds) * steps_for(tfl[i])
       torch = rounds * filter_steps(pf); fx = 0
       nf = split(ff, fl, ","); for (i = 1; i <= nf; i++) fx += steps_for(fl[i])
       for (i = 1; i <= nt; i++) for (j = 1; j <= nb; j++) {
         rows = (b[j] == "full") ? 4705 : b[j]
         s = step_s(rows, t[i])
         tch += (ours + torch) * s + 3 * rounds  # + process start-ups
-        flex += frounds * (fx * s * 3 + 1)
+        flex += frounds * (fx * s * 2.5 + 1)
       }
       ns = split(seeds, sd, ","); nc = split(configs, cf, ",")
       g = step_s(512, cpus) * 1.33           # + one validation of 4705 rows per 10-step epoch
@@ -146,7 +151,7 @@ read -r est_tch est_flex est_grok est_grok_worst < <(estimate)
 total=0
 echo "bench-training: estimated runtime on a 2-core 2.5 GHz Xeon (idle), compile time not included:"
 if stage tch; then echo "  throughput tch + PyTorch: $(human "$est_tch")"; total=$((total + est_tch)); fi
-if stage flex; then echo "  throughput flex:          $(human "$est_flex") (flex speed is a guess)"; total=$((total + est_flex)); fi
+if stage flex; then echo "  throughput flex:          $(human "$est_flex")"; total=$((total + est_flex)); fi
 if stage ndarray; then echo "  throughput ndarray:       $(human "$est_flex") (as flex; a guess)"; total=$((total + est_flex)); fi
 if stage grokking; then
   echo "  grokking:                 $(human "$est_grok") expected (baselines to their cap of $baseline_cap steps), at most $(human "$est_grok_worst")"
@@ -201,6 +206,7 @@ if stage tch; then
   settle
   echo "bench-training: throughput, tch vs PyTorch"
   env "${throughput_env[@]}" GROKFORGE_BENCH_PYTORCH=required GROKFORGE_BENCH_ROUNDS="$rounds" \
+    GROKFORGE_BENCH_FILTERS="$filters" \
     GROKFORGE_BENCH_PYTORCH_FILTERS="$pytorch_filters" \
     cargo bench "${profile[@]}" -p "$crate" --bench throughput | tee "$out/throughput-tch.txt"
 fi
