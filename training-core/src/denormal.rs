@@ -10,9 +10,13 @@
 //!
 //! The mode is a per-thread CPU register (x86-64: MXCSR's flush-to-zero and denormals-are-zero
 //! bits; AArch64: FPCR.FZ). [`FlushDenormals`] sets it on the current thread and restores the
-//! previous mode when dropped. Threads inherit the mode of the thread that creates them, so
-//! LibTorch's OpenMP workers, which a training thread starts at its first parallel operation,
-//! flush too. On other architectures the guard does nothing.
+//! previous mode when dropped. Threads inherit the mode of the thread that creates them, and keep
+//! it: LibTorch's OpenMP workers are started by a thread's first parallel operation and flush only
+//! if that thread flushed then. In a trainer that operation is the weight initialisation, so
+//! [`Trainer::new`](crate::train::Trainer::new) and `resume` hold the guard as well as `run` and
+//! `evaluate`. (Holding it only in `run` left the second of two threads computing on subnormals,
+//! and the GrokFast-EMA overhead at 2 threads at 5–8 %; BENCHMARKS.md, session 5.) On other
+//! architectures the guard does nothing.
 
 /// While alive, the current thread (and threads it starts) flush subnormal floats to zero.
 #[derive(Debug)]

@@ -49,6 +49,7 @@ fn cpu_device() -> Result<Device> {
 }
 
 #[cfg(all(not(feature = "tch"), not(feature = "flex"), feature = "ndarray"))]
+#[allow(deprecated)] // burn 0.22 deprecates ndarray for flex; built only to compare the two.
 fn cpu_device() -> Result<Device> {
     Ok(Device::ndarray())
 }
