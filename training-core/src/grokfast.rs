@@ -462,8 +462,11 @@ fn exact_sum(history: &VecDeque<Tensor<1>>) -> Tensor<1> {
 struct Taken {
     path: String,
     grad: Tensor<1>,
-    register: Box<dyn FnOnce(&mut GradientsParams, Tensor<1>)>,
+    register: Register,
 }
+
+/// Puts a flat filtered gradient back into [`GradientsParams`], in its parameter's shape.
+type Register = Box<dyn FnOnce(&mut GradientsParams, Tensor<1>)>;
 
 /// Takes every float parameter's gradient out of `grads`, in visiting order.
 struct Collector<'a> {
