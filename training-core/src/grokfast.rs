@@ -235,35 +235,40 @@ impl GrokFast {
 
     /// Filters the gradients of every float parameter of `module` in place and returns them.
     pub fn filter<M: Module>(&mut self, module: &M, mut grads: GradientsParams) -> GradientsParams {
+        if self.config == GrokFastConfig::None {
+            return grads;
+        }
+        let mut collector = Collector {
+            path: Vec::new(),
+            grads: &mut grads,
+            taken: Vec::new(),
+        };
+        module.visit(&mut collector);
+        let taken = collector.taken;
         match self.config {
-            GrokFastConfig::None => {}
-            GrokFastConfig::Ema { alpha, lamb } => self.filter_ema(module, &mut grads, alpha, lamb),
-            GrokFastConfig::Ma { .. } => {
-                let mut visitor = FilterVisitor {
-                    path: Vec::new(),
-                    grads: &mut grads,
-                    filter: self,
-                };
-                module.visit(&mut visitor);
+            GrokFastConfig::Ema { alpha, lamb } => self.filter_ema(taken, &mut grads, alpha, lamb),
+            _ => {
+                for Taken {
+                    path,
+                    grad,
+                    register,
+                } in taken
+                {
+                    let filtered = self.apply_ma(path, grad);
+                    register(&mut grads, filtered);
+                }
             }
         }
         grads
     }
 
-    fn filter_ema<M: Module>(
+    fn filter_ema(
         &mut self,
-        module: &M,
+        taken: Vec<Taken>,
         grads: &mut GradientsParams,
         alpha: f64,
         lamb: f64,
     ) {
-        let mut collector = Collector {
-            path: Vec::new(),
-            grads,
-            taken: Vec::new(),
-        };
-        module.visit(&mut collector);
-        let taken = collector.taken;
         if taken.is_empty() {
             return;
         }
@@ -288,7 +293,7 @@ impl GrokFast {
         let updated = (mean - grad.clone()).mul_scalar(alpha) + grad.clone();
         let filtered = grad + updated.clone().mul_scalar(lamb);
         for ((_, start, len), register) in offsets(&layout).zip(put_back) {
-            register(collector.grads, filtered.clone().narrow(0, start, len));
+            register(grads, filtered.clone().narrow(0, start, len));
         }
         self.ema = Some(FlatEma {
             layout,
@@ -319,7 +324,8 @@ impl GrokFast {
         Tensor::cat(pieces, 0)
     }
 
-    fn apply(&mut self, path: String, grad: Tensor<1>) -> Tensor<1> {
+    /// The MA filter, which works parameter by parameter: each keeps its own window.
+    fn apply_ma(&mut self, path: String, grad: Tensor<1>) -> Tensor<1> {
         match self.config {
             GrokFastConfig::None | GrokFastConfig::Ema { .. } => {
                 unreachable!("only the MA filter filters parameter by parameter")
@@ -497,32 +503,6 @@ impl ModuleVisitor for Collector<'_> {
                 grads.register(id, flat.reshape(dims))
             }),
         });
-    }
-}
-
-struct FilterVisitor<'a> {
-    path: Vec<String>,
-    grads: &'a mut GradientsParams,
-    filter: &'a mut GrokFast,
-}
-
-impl ModuleVisitor for FilterVisitor<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let Some(grad) = self.grads.remove::<D>(param.id) else {
-            return;
-        };
-        let dims = grad.dims();
-        let flat = grad.reshape([dims.iter().product::<usize>()]);
-        let filtered = self.filter.apply(self.path.join("."), flat);
-        self.grads.register(param.id, filtered.reshape(dims));
     }
 }
 
