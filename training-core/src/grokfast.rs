@@ -14,12 +14,10 @@
 //! though parameter ids are regenerated, and is serialised with [`GrokFast::state_bytes`].
 //!
 //! The EMA filter works on all gradients at once: it concatenates them into one vector, updates
-//! one vector of averages with five operations, and hands each parameter a view of the result.
-//! Filtering parameter by parameter cost five operations *per parameter*, and on the 41 parameters
-//! of the paper's model at small batches the dispatch of those ~200 small operations, not their
-//! arithmetic, was most of the filter's cost (BENCHMARKS.md). The averages stay addressable by
-//! path: a step whose parameters differ from the previous step's (one got no gradient) regroups
-//! them, and checkpoints store them per path.
+//! one vector of averages with five operations, and hands each parameter a view of the result,
+//! instead of five operations per parameter (~200 for the 41 parameters of the paper's model).
+//! The averages stay addressable by path: a step whose parameters differ from the previous
+//! step's (one got no gradient) regroups them, and checkpoints store them per path.
 //!
 //! The MA filter keeps a running sum instead of summing the window every step (two tensor
 //! operations instead of `window`); it is recomputed exactly from the window every `window` steps
@@ -287,7 +285,8 @@ impl GrokFast {
         }
         let grad = Tensor::cat(pieces, 0);
         // The averages are held only here while they are updated: burn-tch then writes each
-        // operation into the buffer of its left operand, and the only new buffer is λμ'.
+        // operation into the buffer of its left operand, and the only new buffers are the
+        // concatenated gradients and λμ'.
         // μ' = g + α(μ − g) = αμ + (1 − α)g, then g' = g + λμ'.
         let mean = self.ema_mean(&layout, &grad);
         let updated = (mean - grad.clone()).mul_scalar(alpha) + grad.clone();
