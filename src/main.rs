@@ -61,8 +61,11 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // First, while the process has one thread: training steps reuse the buffers they free.
+    let heap = grokforge_training_core::allocator::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    tracing::debug!(?heap, "heap policy");
     let result = match cli.command {
         Command::Train(args) => train_cmd::run(*args),
         Command::Models(args) => models_cmd::run(args),

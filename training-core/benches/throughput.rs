@@ -221,6 +221,8 @@ fn main() {
     if std::env::args().any(|arg| arg == "--list") {
         return;
     }
+    // As the grokforge binary does (before any thread exists).
+    grokforge_training_core::allocator::keep_freed_memory();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(message) => {

@@ -22,9 +22,14 @@
 //! - [`phase`] and [`spec`]: the eight Agent Forge [`Phase`]s, the [`Recipe`] trait, the `cognate`
 //!   recipe, and [`TrainSpec`], the request the CLI and the HTTP API share.
 //!
+//! A binary that trains calls [`allocator::keep_freed_memory`] first in `main`: a step frees and
+//! allocates the same large buffers every time, and glibc's defaults would hand them back to the
+//! kernel in between.
+//!
 //! All randomness comes from the crate's own seeded [`rng::Rng`], never from a backend's global
 //! generator, so the same seed gives the same run on every backend and thread.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod data;
 pub mod denormal;
