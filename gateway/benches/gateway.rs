@@ -15,10 +15,15 @@
 //! 3. **`GET /models`** requests per second through the gateway (auth, breaker, ModelService)
 //!    against the bare route in the same process, as a ratio.
 //!
+//!    Then the same request through the gateway's filters without sockets (warp's test client),
+//!    which resolves the gateway's own work per request below the noise of the TCP comparison.
+//!
 //! Knobs (environment): `BENCH_SUBSCRIBERS` (1000), `BENCH_RATE` (events/s, 1000),
 //! `BENCH_SECONDS` (5; also the length of one `GET /models` round), `BENCH_HTTP_CONCURRENCY`
-//! (32), `BENCH_HTTP_ROUNDS` (7). Clients run in the same process as the
-//! server, so on a small machine they compete for the same cores: the numbers are a floor.
+//! (32), `BENCH_HTTP_ROUNDS` (7), `BENCH_FILTER_REQUESTS` (20000), `BENCH_ONLY` (`events` or
+//! `models`: run one part). Clients run in the same process as the server (the HTTP load on a
+//! runtime of its own), so on a small machine they compete for the same cores: the numbers are a
+//! floor.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,6 +110,7 @@ async fn run() {
         shutdown: Default::default(),
         model_lists: ListBodies::new(node.model_lists.clone()),
     };
+    let routes_state = state.clone();
     // The node's own listener settings (TCP_NODELAY), as `grokforge serve` binds it.
     let listener = grokforge_gateway::listen(loopback(), 0).unwrap();
     let address = listener.local_addr().unwrap();
@@ -116,9 +122,15 @@ async fn run() {
     ));
 
     train_some_models(&node).await;
-    latency(&node, address, subscribers, rate, seconds).await;
-    saturation(&node, address, subscribers, seconds).await;
-    models_route(address, concurrency, seconds).await;
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "events" {
+        latency(&node, address, subscribers, rate, seconds).await;
+        saturation(&node, address, subscribers, seconds).await;
+    }
+    if only.is_empty() || only == "models" {
+        models_route(address, concurrency, seconds).await;
+        filter_cost(routes_state).await;
+    }
 }
 
 /// A tiny two-variant cognate job, so `/models` lists real records.
@@ -392,7 +404,26 @@ async fn saturation(node: &Node, address: std::net::SocketAddr, subscribers: usi
 }
 
 /// Requests per second of `GET {path}` with `concurrency` keep-alive clients for `seconds`.
-async fn hammer(url: String, token: Option<&str>, concurrency: usize, seconds: u64) -> f64 {
+///
+/// The clients run on a runtime of their own (two worker threads), as they would on another
+/// machine. On the server's runtime a client task and the connection task serving it could share
+/// a worker and hand each other the CPU without a wake-up across threads, or not, depending on
+/// where the accept loop happened to spawn: rounds of the same run then came out bimodal (40 k or
+/// 67 k requests/s for the same route), and the two routes of a round did not share the luck.
+async fn hammer(url: String, token: Option<&'static str>, concurrency: usize, seconds: u64) -> f64 {
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(load(url, token, concurrency, seconds))
+    })
+    .await
+    .unwrap()
+}
+
+async fn load(url: String, token: Option<&str>, concurrency: usize, seconds: u64) -> f64 {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -455,10 +486,29 @@ async fn models_route(address: std::net::SocketAddr, concurrency: usize, seconds
     let mut bare_rps = Vec::new();
     let mut gateway_rps = Vec::new();
     let mut ratios = Vec::new();
-    for _ in 0..rounds.max(1) {
-        // The same request to both, token included (the bare route ignores it).
-        let bare = hammer(bare_url.clone(), Some(TOKEN), concurrency, seconds).await;
-        let gateway = hammer(gateway_url.clone(), Some(TOKEN), concurrency, seconds).await;
+    for round in 0..rounds.max(1) {
+        // The same request to both, token included (the bare route ignores it). The order
+        // alternates (bare first in even rounds, the gateway in odd ones), so whatever the
+        // second run of a round inherits from the first does not always fall on the same side.
+        let (bare, gateway) = if round % 2 == 0 {
+            let bare = hammer(bare_url.clone(), Some(TOKEN), concurrency, seconds).await;
+            (
+                bare,
+                hammer(gateway_url.clone(), Some(TOKEN), concurrency, seconds).await,
+            )
+        } else {
+            let gateway = hammer(gateway_url.clone(), Some(TOKEN), concurrency, seconds).await;
+            (
+                hammer(bare_url.clone(), Some(TOKEN), concurrency, seconds).await,
+                gateway,
+            )
+        };
+        let first = if round % 2 == 0 { "bare" } else { "gateway" };
+        println!(
+            "GET /models round {round} ({first} first): gateway {gateway:.0} req/s, \
+             bare {bare:.0} req/s, ratio {:.3}",
+            gateway / bare
+        );
         bare_rps.push(bare);
         gateway_rps.push(gateway);
         ratios.push(gateway / bare);
@@ -481,5 +531,45 @@ async fn models_route(address: std::net::SocketAddr, concurrency: usize, seconds
          gateway {gateway:.0} req/s, bare warp route {bare:.0} req/s (medians); \
          ratio {ratio:.3} (median of the rounds' ratios; lowest {low:.3}, highest {high:.3})",
         ratios.len()
+    );
+}
+
+/// The server-side work of one `GET /models` without sockets: warp's test client drives the
+/// gateway's whole filter chain (routing, auth, the cached list, the request metrics) and the bare
+/// route in turn, one request at a time on this task. What the TCP comparison above cannot
+/// resolve through its noise, this measures directly: the time the gateway adds per request.
+async fn filter_cost(state: GatewayState) {
+    use warp::Filter;
+    let requests = env("BENCH_FILTER_REQUESTS", 20_000) as u32;
+    let gateway = grokforge_gateway::routes(state);
+    let request = || {
+        warp::test::request()
+            .path("/models")
+            .header("authorization", format!("Bearer {TOKEN}"))
+    };
+    let body = request().reply(&gateway).await.into_body();
+    let bare = warp::path!("models")
+        .map(move || warp::reply::with_header(body.to_vec(), "content-type", "application/json"));
+    let mut bare_us = Vec::new();
+    let mut gateway_us = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..requests {
+            assert!(request().reply(&bare).await.status().is_success());
+        }
+        bare_us.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(requests));
+        let started = Instant::now();
+        for _ in 0..requests {
+            assert!(request().reply(&gateway).await.status().is_success());
+        }
+        gateway_us.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(requests));
+    }
+    bare_us.sort_by(f64::total_cmp);
+    gateway_us.sort_by(f64::total_cmp);
+    let (bare, gateway) = (bare_us[2], gateway_us[2]);
+    println!(
+        "GET /models through the filters, no sockets (median of 5 × {requests} requests): \
+         gateway {gateway:.2} µs, bare route {bare:.2} µs per request; the gateway adds {:.2} µs",
+        gateway - bare
     );
 }

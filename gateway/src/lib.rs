@@ -182,7 +182,9 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
     let max_body_bytes = state.max_body_bytes;
     let tokens = state.tokens.clone();
-    let metrics_registry = state.metrics.clone();
+    // In an `Arc`: warp clones the log filter's closure for every request, and the metrics are
+    // dozens of reference-counted handles.
+    let metrics_registry = Arc::new(state.metrics.clone());
     // Handlers share one state: cloning the struct itself per request would copy its strings
     // and touch every one of its reference counts.
     let state = Arc::new(state);
@@ -292,7 +294,16 @@ pub fn routes(
         .and(with_state)
         .and_then(models::download);
 
-    health
+    // The order decides nothing about which route answers (no two routes match the same method
+    // and path), only how many are tried first: the reads a dashboard polls come first.
+    list_models
+        .or(list_jobs)
+        .or(get_job)
+        .or(job_events)
+        .or(export)
+        .or(get_model)
+        .or(delete_model)
+        .or(health)
         .or(ready)
         .or(metrics)
         .or(nodes)
@@ -301,14 +312,7 @@ pub fn routes(
         .or(start)
         .or(phases)
         .or(phase_status)
-        .or(list_jobs)
-        .or(get_job)
         .or(cancel_job)
-        .or(job_events)
-        .or(export)
-        .or(list_models)
-        .or(get_model)
-        .or(delete_model)
         .or(download)
         .recover(problem::recover)
         .with(warp::log::custom(move |info| {
