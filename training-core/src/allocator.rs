@@ -29,7 +29,7 @@ pub enum HeapPolicy {
     /// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` is set in the environment: the
     /// person running the process chose, and their choice stands.
     LeftToEnvironment,
-    /// Not glibc, so there is nothing to set (other allocators keep freed memory by default).
+    /// Not glibc (nothing of ours to set), or glibc refused a value and kept its defaults.
     Unsupported,
 }
 
