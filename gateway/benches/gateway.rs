@@ -490,20 +490,20 @@ async fn models_route(address: std::net::SocketAddr, concurrency: usize, seconds
         // The same request to both, token included (the bare route ignores it). The order
         // alternates (bare first in even rounds, the gateway in odd ones), so whatever the
         // second run of a round inherits from the first does not always fall on the same side.
-        let (bare, gateway) = if round % 2 == 0 {
-            let bare = hammer(bare_url.clone(), Some(TOKEN), concurrency, seconds).await;
-            (
-                bare,
-                hammer(gateway_url.clone(), Some(TOKEN), concurrency, seconds).await,
-            )
+        let gateway_first = round % 2 == 1;
+        let (first_url, second_url) = if gateway_first {
+            (&gateway_url, &bare_url)
         } else {
-            let gateway = hammer(gateway_url.clone(), Some(TOKEN), concurrency, seconds).await;
-            (
-                hammer(bare_url.clone(), Some(TOKEN), concurrency, seconds).await,
-                gateway,
-            )
+            (&bare_url, &gateway_url)
         };
-        let first = if round % 2 == 0 { "bare" } else { "gateway" };
+        let first = hammer(first_url.clone(), Some(TOKEN), concurrency, seconds).await;
+        let second = hammer(second_url.clone(), Some(TOKEN), concurrency, seconds).await;
+        let (bare, gateway) = if gateway_first {
+            (second, first)
+        } else {
+            (first, second)
+        };
+        let first = if gateway_first { "gateway" } else { "bare" };
         println!(
             "GET /models round {round} ({first} first): gateway {gateway:.0} req/s, \
              bare {bare:.0} req/s, ratio {:.3}",
@@ -542,27 +542,14 @@ async fn filter_cost(state: GatewayState) {
     use warp::Filter;
     let requests = env("BENCH_FILTER_REQUESTS", 20_000) as u32;
     let gateway = grokforge_gateway::routes(state);
-    let request = || {
-        warp::test::request()
-            .path("/models")
-            .header("authorization", format!("Bearer {TOKEN}"))
-    };
-    let body = request().reply(&gateway).await.into_body();
+    let body = models_request().reply(&gateway).await.into_body();
     let bare = warp::path!("models")
         .map(move || warp::reply::with_header(body.to_vec(), "content-type", "application/json"));
     let mut bare_us = Vec::new();
     let mut gateway_us = Vec::new();
     for _ in 0..5 {
-        let started = Instant::now();
-        for _ in 0..requests {
-            assert!(request().reply(&bare).await.status().is_success());
-        }
-        bare_us.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(requests));
-        let started = Instant::now();
-        for _ in 0..requests {
-            assert!(request().reply(&gateway).await.status().is_success());
-        }
-        gateway_us.push(started.elapsed().as_secs_f64() * 1e6 / f64::from(requests));
+        bare_us.push(micros_per_request(requests, || models_request().reply(&bare)).await);
+        gateway_us.push(micros_per_request(requests, || models_request().reply(&gateway)).await);
     }
     bare_us.sort_by(f64::total_cmp);
     gateway_us.sort_by(f64::total_cmp);
@@ -572,4 +559,22 @@ async fn filter_cost(state: GatewayState) {
          gateway {gateway:.2} µs, bare route {bare:.2} µs per request; the gateway adds {:.2} µs",
         gateway - bare
     );
+}
+
+fn models_request() -> warp::test::RequestBuilder {
+    warp::test::request()
+        .path("/models")
+        .header("authorization", format!("Bearer {TOKEN}"))
+}
+
+/// Mean time of `requests` sequential requests made by `reply`, in µs.
+async fn micros_per_request<Fut>(requests: u32, reply: impl Fn() -> Fut) -> f64
+where
+    Fut: std::future::Future<Output = warp::http::Response<bytes::Bytes>>,
+{
+    let started = Instant::now();
+    for _ in 0..requests {
+        assert!(reply().await.status().is_success());
+    }
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(requests)
 }
