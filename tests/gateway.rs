@@ -155,6 +155,13 @@ async fn the_training_workflow_streams_live_and_ends_in_a_verified_export() {
     ] {
         assert!(metrics.contains(needle), "{needle} in\n{metrics}");
     }
+    // The events that reached the client were timed from the hub's queue to the socket.
+    let delivery_writes: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("grokforge_websocket_delivery_seconds_count "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("a delivery histogram in\n{metrics}"));
+    assert!(delivery_writes > 0, "{metrics}");
 
     // Delete: a read token may not; a user token gets the deleted record, and every read after
     // the answer sees the model gone, the list just served from the model service's cache

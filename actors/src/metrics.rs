@@ -37,6 +37,9 @@ pub struct NodeMetrics {
     pub websocket_messages_sent_total: IntCounter,
     /// WebSocket connections closed, by reason (`client`, `slow_consumer`, `ping_timeout`, …).
     pub websocket_disconnects_total: IntCounterVec,
+    /// Per write to a WebSocket client, how long its oldest event frame had waited since the
+    /// hub queued it: the node's own share of event latency (queues, scheduling, the write).
+    pub websocket_delivery_seconds: Histogram,
     /// Circuit breaker state by breaker: 0 closed, 1 open, 2 half-open.
     pub breaker_state: IntGaugeVec,
     /// Registered models by phase, refreshed when `/metrics` is scraped.
@@ -164,6 +167,18 @@ impl NodeMetrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let websocket_delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "grokforge_websocket_delivery_seconds",
+                "Per write to a WebSocket client, time from the hub queuing its oldest event frame \
+                 to the write completing",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )
+        .expect("static metric definition");
         let breaker_state = IntGaugeVec::new(
             Opts::new(
                 "grokforge_breaker_state",
@@ -196,6 +211,7 @@ impl NodeMetrics {
             Box::new(websocket_connections.clone()),
             Box::new(websocket_messages_sent_total.clone()),
             Box::new(websocket_disconnects_total.clone()),
+            Box::new(websocket_delivery_seconds.clone()),
             Box::new(breaker_state.clone()),
             Box::new(models.clone()),
         ] {
@@ -221,6 +237,7 @@ impl NodeMetrics {
             websocket_connections,
             websocket_messages_sent_total,
             websocket_disconnects_total,
+            websocket_delivery_seconds,
             breaker_state,
             models,
         }

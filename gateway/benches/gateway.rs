@@ -9,7 +9,9 @@
 //!
 //! 1. **Event latency**: `TrainingProgress` events published on the node's bus at a fixed rate,
 //!    received by N WebSocket clients subscribed to `training_updates`; latency from publish to
-//!    receipt, p50 / p99 / max, and how many frames arrived.
+//!    receipt (the frame's envelope `timestamp` against the wall clock), p50 / p99 / max, and
+//!    how many frames arrived. Beside it, the node's own share from its
+//!    `grokforge_websocket_delivery_seconds` histogram: the hub's queue to the write's end.
 //! 2. **Saturation**: events published in bursts as fast as all clients take them; delivered
 //!    frames per second.
 //! 3. **`GET /models`** requests per second through the gateway (auth, breaker, ModelService)
@@ -21,9 +23,12 @@
 //! Knobs (environment): `BENCH_SUBSCRIBERS` (1000), `BENCH_RATE` (events/s, 1000),
 //! `BENCH_SECONDS` (5; also the length of one `GET /models` round), `BENCH_HTTP_CONCURRENCY`
 //! (32), `BENCH_HTTP_ROUNDS` (7), `BENCH_FILTER_REQUESTS` (20000), `BENCH_ONLY` (`events` or
-//! `models`: run one part). Clients run in the same process as the server (the HTTP load on a
-//! runtime of its own), so on a small machine they compete for the same cores: the numbers are a
-//! floor.
+//! `models`: run one part), `BENCH_CLIENTS` (`process`: the latency part's WebSocket clients run
+//! in a child process), `BENCH_SERVER_CPUS` and `BENCH_CLIENT_CPUS` (CPU lists as `taskset -c`
+//! takes them, to pin the server and the client process apart).
+//!
+//! By default the clients run in the same process as the server (the HTTP load on a runtime of
+//! its own), so on a small machine they compete for the same cores: the numbers are a floor.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,11 +64,57 @@ fn main() {
     if std::env::args().any(|arg| arg == "--list") {
         return;
     }
+    let client = std::env::var("BENCH_ROLE").as_deref() == Ok("clients");
+    // Pinned before the runtime starts, so its workers inherit the mask; tokio sizes its worker
+    // pool by the CPUs this process may use.
+    let cpus = if client {
+        "BENCH_CLIENT_CPUS"
+    } else {
+        "BENCH_SERVER_CPUS"
+    };
+    if let Ok(list) = std::env::var(cpus) {
+        pin_to(&list).unwrap_or_else(|error| panic!("{cpus}={list}: {error}"));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run());
+    if client {
+        runtime.block_on(client_process());
+    } else {
+        runtime.block_on(run());
+    }
+}
+
+/// Restricts this thread, and the threads it starts from now on, to the CPUs of `list`
+/// (`0-3,8`, as `taskset -c` takes them).
+fn pin_to(list: &str) -> std::io::Result<()> {
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a CPU list");
+    // SAFETY: `cpu_set_t` is a plain bit set; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for part in list.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (first.trim().parse(), last.trim().parse()),
+            None => (part.trim().parse(), part.trim().parse()),
+        };
+        let (Ok(first), Ok(last)) = (first, last) else {
+            return Err(invalid());
+        };
+        if first > last || last >= libc::CPU_SETSIZE as usize {
+            return Err(invalid());
+        }
+        for cpu in first..=last {
+            // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size given; pid 0 is the calling thread.
+    let status = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 async fn run() {
@@ -187,18 +238,16 @@ async fn train_some_models(node: &Node) {
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn subscribe_clients(address: std::net::SocketAddr, count: usize) -> Vec<Socket> {
-    let url = format!("ws://{address}/ws?token={TOKEN}");
+async fn subscribe_clients(url: &str, count: usize) -> Vec<Socket> {
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
         // A small read buffer: tungstenite zero-fills the free part of it before every read,
         // and its 128 KiB default made each client pay a 128 KiB memset per frame.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(8 * 1024);
-        let (mut socket, _) =
-            tokio_tungstenite::connect_async_with_config(&url, Some(config), true)
-                .await
-                .unwrap();
+        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            .await
+            .unwrap();
         socket.next().await.unwrap().unwrap(); // connection_established
         socket
             .send(Message::text(
@@ -219,6 +268,10 @@ async fn subscribe_clients(address: std::net::SocketAddr, count: usize) -> Vec<S
     sockets
 }
 
+fn websocket_url(address: std::net::SocketAddr) -> String {
+    format!("ws://{address}/ws?token={TOKEN}")
+}
+
 fn progress(job_id: Uuid, step: u64) -> Event {
     Event::TrainingProgress {
         job_id,
@@ -234,14 +287,46 @@ fn progress(job_id: Uuid, step: u64) -> Event {
     }
 }
 
-/// The `step` of a progress frame, found without parsing the whole frame.
-fn step_of(text: &str) -> Option<u64> {
-    let start = text.find("\"step\":")? + 7;
-    let digits: String = text[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+/// How long ago the event of a frame was published, by its envelope's `timestamp`, which
+/// `Publisher::publish` stamps from the wall clock (shared with a client process on the same
+/// machine). Read by hand from the end of the frame, where the field is: finding and parsing it
+/// with the standard searcher and chrono took a fifth of a client core at 1 M frames/s.
+fn age_of(text: &str) -> Option<Duration> {
+    static KEY: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"timestamp\":\""));
+    let bytes = text.as_bytes();
+    let start = KEY.rfind(bytes)? + KEY.needle().len();
+    let published = nanos_of_day(&bytes[start..])?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos()
+        % u128::from(DAY_NANOS);
+    // Modulo a day, so a run across midnight UTC measures right.
+    Some(Duration::from_nanos(
+        (now as u64 + DAY_NANOS - published) % DAY_NANOS,
+    ))
+}
+
+const DAY_NANOS: u64 = 86_400 * 1_000_000_000;
+
+/// Nanoseconds since midnight of an RFC 3339 UTC timestamp, `YYYY-MM-DDTHH:MM:SS[.f…]Z…`.
+fn nanos_of_day(stamp: &[u8]) -> Option<u64> {
+    let time = stamp.get(11..)?;
+    let two = |at: usize| -> Option<u64> {
+        let (tens, ones) = (*time.get(at)?, *time.get(at + 1)?);
+        (tens.is_ascii_digit() && ones.is_ascii_digit())
+            .then(|| u64::from(tens - b'0') * 10 + u64::from(ones - b'0'))
+    };
+    let seconds = two(0)? * 3600 + two(3)? * 60 + two(6)?;
+    let mut nanos = 0;
+    if time.get(8) == Some(&b'.') {
+        let digits = time[9..].iter().take_while(|b| b.is_ascii_digit()).take(9);
+        for (place, digit) in digits.enumerate() {
+            nanos += u64::from(digit - b'0') * 10u64.pow(8 - place as u32);
+        }
+    }
+    Some(seconds * 1_000_000_000 + nanos)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -251,32 +336,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn latency(
-    node: &Node,
-    address: std::net::SocketAddr,
-    subscribers: usize,
-    rate: u64,
-    seconds: u64,
-) {
-    let sockets = subscribe_clients(address, subscribers).await;
-    let total = rate * seconds;
-    // Publish instants, indexed by step; read by the clients.
-    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
-    let origin = Instant::now();
-    // Readers give up when this is cancelled (a deadline after the last publish), not by a
+/// Reads event frames from every socket until each has `per_client` of them or `give_up` is
+/// cancelled; returns every frame's latency, publish to receipt, and how many clients came up
+/// short.
+async fn receive_events(
+    sockets: Vec<Socket>,
+    per_client: usize,
+    give_up: tokio_util::sync::CancellationToken,
+) -> (Vec<Duration>, usize) {
+    // Readers give up when `give_up` is cancelled (a deadline after the last publish), not by a
     // timeout per frame: a timer registered and dropped per frame costs the client side as much
     // as parsing the frame.
-    let give_up = tokio_util::sync::CancellationToken::new();
     let readers: Vec<_> = sockets
         .into_iter()
         .map(|mut socket| {
-            let sent = sent.clone();
             let give_up = give_up.clone();
             tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(total as usize);
+                let mut latencies = Vec::with_capacity(per_client);
                 let cancelled = give_up.cancelled_owned();
                 tokio::pin!(cancelled);
-                while latencies.len() < total as usize {
+                while latencies.len() < per_client {
                     let message = tokio::select! {
                         biased;
                         message = socket.next() => message,
@@ -285,20 +364,42 @@ async fn latency(
                     let Some(Ok(message)) = message else {
                         break;
                     };
-                    let Ok(text) = message.to_text() else {
+                    let Some(age) = message.to_text().ok().and_then(age_of) else {
                         continue;
                     };
-                    let Some(step) = step_of(text) else { continue };
-                    let at = origin.elapsed();
-                    let published =
-                        Duration::from_nanos(sent[step as usize].load(Ordering::Acquire));
-                    latencies.push(at.saturating_sub(published));
+                    latencies.push(age);
                 }
                 latencies
             })
         })
         .collect();
+    let mut all = Vec::with_capacity(per_client * readers.len());
+    let mut short = 0;
+    for reader in readers {
+        let latencies = reader.await.unwrap();
+        if latencies.len() < per_client {
+            short += 1;
+        }
+        all.extend(latencies);
+    }
+    all.sort_unstable();
+    (all, short)
+}
 
+/// The latency part's summary line, printed by whichever process ran the clients.
+fn latency_line(all: &[Duration], subscribers: usize, per_client: usize, short: usize) -> String {
+    format!(
+        "delivered {} of {} frames ({short} clients short); p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        all.len(),
+        subscribers * per_client,
+        percentile(all, 0.50).as_secs_f64() * 1e3,
+        percentile(all, 0.99).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    )
+}
+
+/// Publishes `total` progress events at `rate` per second; returns the events/s achieved.
+async fn publish_at_rate(node: &Node, rate: u64, total: u64) -> f64 {
     let publisher = Publisher::new(
         node.node_id.clone(),
         "bench",
@@ -309,46 +410,207 @@ async fn latency(
     let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let publish_started = Instant::now();
+    let started = Instant::now();
     for step in 0..total {
         ticker.tick().await;
-        sent[step as usize].store(origin.elapsed().as_nanos() as u64, Ordering::Release);
         publisher.publish(progress(job_id, step));
     }
-    let publish_seconds = publish_started.elapsed().as_secs_f64();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+/// How long clients wait for stragglers after the last publish.
+const STRAGGLERS: Duration = Duration::from_secs(10);
+
+async fn latency(
+    node: &Node,
+    address: std::net::SocketAddr,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+) {
+    let run = LatencyRun {
+        node,
+        url: websocket_url(address),
+        subscribers,
+        rate,
+        total: rate * seconds,
+    };
+    let before = DeliveryHistogram::of(&node.metrics);
+    let ((achieved, line), clients) = if std::env::var("BENCH_CLIENTS").as_deref() == Ok("process")
+    {
+        (run.with_client_process().await, "in a process of their own")
+    } else {
+        (run.with_clients_here().await, "in this process")
+    };
+    println!(
+        "latency: {subscribers} subscribers × {} events at {achieved:.0} events/s (clients \
+         {clients}): {line}",
+        run.total
+    );
+    let writes = DeliveryHistogram::of(&node.metrics).since(&before);
+    println!("  server side: {}", writes.summary());
+}
+
+/// One latency measurement: `total` events at `rate` to `subscribers` clients of `url`. Each way
+/// of running the clients returns the publish rate achieved and the clients' [`latency_line`].
+struct LatencyRun<'a> {
+    node: &'a Node,
+    url: String,
+    subscribers: usize,
+    rate: u64,
+    total: u64,
+}
+
+impl LatencyRun<'_> {
+    async fn with_clients_here(&self) -> (f64, String) {
+        let sockets = subscribe_clients(&self.url, self.subscribers).await;
+        let give_up = tokio_util::sync::CancellationToken::new();
+        let per_client = self.total as usize;
+        let received = tokio::spawn(receive_events(sockets, per_client, give_up.clone()));
+        let achieved = publish_at_rate(self.node, self.rate, self.total).await;
+        let deadline = tokio::spawn(async move {
+            tokio::time::sleep(STRAGGLERS).await;
+            give_up.cancel();
+        });
+        let (all, short) = received.await.unwrap();
+        deadline.abort();
+        (
+            achieved,
+            latency_line(&all, self.subscribers, per_client, short),
+        )
+    }
+
+    /// The clients in a child process (this same binary, `BENCH_ROLE=clients`), which
+    /// `BENCH_CLIENT_CPUS` can pin apart from the server's `BENCH_SERVER_CPUS`: on a machine with
+    /// cores to spare, the server's numbers without the clients' work on its cores.
+    async fn with_client_process(&self) -> (f64, String) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .env("BENCH_ROLE", "clients")
+            .env("BENCH_URL", &self.url)
+            .env("BENCH_SUBSCRIBERS", self.subscribers.to_string())
+            .env("BENCH_EVENTS", self.total.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next_line().await.unwrap();
+        assert_eq!(
+            ready.as_deref(),
+            Some("ready"),
+            "the client process did not start"
+        );
+        let achieved = publish_at_rate(self.node, self.rate, self.total).await;
+        // Tells the clients that publishing is over: they wait for stragglers, then report.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"published\n").await.unwrap();
+        drop(stdin);
+        let line = lines.next_line().await.unwrap().expect("a result line");
+        assert!(child.wait().await.unwrap().success());
+        (achieved, line)
+    }
+}
+
+/// A snapshot of the node's `grokforge_websocket_delivery_seconds`: per write to a client, the
+/// time from the hub queuing its oldest frame to the write completing.
+struct DeliveryHistogram {
+    count: u64,
+    sum: f64,
+    /// (upper bound in seconds, cumulative count)
+    buckets: Vec<(f64, u64)>,
+}
+
+impl DeliveryHistogram {
+    fn of(metrics: &grokforge_actors::NodeMetrics) -> DeliveryHistogram {
+        use prometheus::core::Collector;
+        let families = metrics.websocket_delivery_seconds.collect();
+        let histogram = families[0].get_metric()[0].get_histogram();
+        DeliveryHistogram {
+            count: histogram.get_sample_count(),
+            sum: histogram.get_sample_sum(),
+            buckets: histogram
+                .get_bucket()
+                .iter()
+                .map(|bucket| (bucket.upper_bound(), bucket.cumulative_count()))
+                .collect(),
+        }
+    }
+
+    fn since(&self, earlier: &DeliveryHistogram) -> DeliveryHistogram {
+        DeliveryHistogram {
+            count: self.count - earlier.count,
+            sum: self.sum - earlier.sum,
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .map(|(&(bound, now), &(_, then))| (bound, now - then))
+                .collect(),
+        }
+    }
+
+    /// The smallest bucket bound that at least `q` of the writes fall under.
+    fn bound_of(&self, q: f64) -> String {
+        let wanted = (self.count as f64 * q).ceil() as u64;
+        self.buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= wanted)
+            .map_or("> 10 s".to_string(), |(bound, _)| {
+                format!("≤ {} ms", bound * 1e3)
+            })
+    }
+
+    fn within(&self, bound: f64) -> f64 {
+        let under = self
+            .buckets
+            .iter()
+            .find(|(b, _)| (*b - bound).abs() < 1e-12)
+            .map_or(0, |(_, cumulative)| *cumulative);
+        100.0 * under as f64 / self.count.max(1) as f64
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} writes, hub queue → write done: mean {:.2} ms, p50 {}, p99 {}, {:.1} % within 5 ms",
+            self.count,
+            self.sum * 1e3 / self.count.max(1) as f64,
+            self.bound_of(0.50),
+            self.bound_of(0.99),
+            self.within(0.005),
+        )
+    }
+}
+
+/// `BENCH_ROLE=clients`: connect `BENCH_SUBSCRIBERS` clients to `BENCH_URL`, say `ready`, read
+/// `BENCH_EVENTS` frames each (or until [`STRAGGLERS`] after standard input says `published`),
+/// and print the latency line.
+async fn client_process() {
+    use tokio::io::AsyncBufReadExt;
+    let url = std::env::var("BENCH_URL").expect("BENCH_URL");
+    let subscribers = env("BENCH_SUBSCRIBERS", 1000) as usize;
+    let per_client = env("BENCH_EVENTS", 0) as usize;
+    let sockets = subscribe_clients(&url, subscribers).await;
+    let give_up = tokio_util::sync::CancellationToken::new();
+    let received = tokio::spawn(receive_events(sockets, per_client, give_up.clone()));
+    println!("ready");
     let deadline = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        // `published`, or the parent went away.
+        let _ = stdin.next_line().await;
+        tokio::time::sleep(STRAGGLERS).await;
         give_up.cancel();
     });
-
-    let mut all = Vec::new();
-    let mut short = 0;
-    for reader in readers {
-        let latencies = reader.await.unwrap();
-        if latencies.len() < total as usize {
-            short += 1;
-        }
-        all.extend(latencies);
-    }
+    let (all, short) = received.await.unwrap();
     deadline.abort();
-    all.sort_unstable();
-    let expected = total * subscribers as u64;
-    println!(
-        "latency: {subscribers} subscribers × {total} events at {:.0} events/s: \
-         delivered {} of {expected} frames ({short} clients short); \
-         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        total as f64 / publish_seconds,
-        all.len(),
-        percentile(&all, 0.50).as_secs_f64() * 1e3,
-        percentile(&all, 0.99).as_secs_f64() * 1e3,
-        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-    );
+    println!("{}", latency_line(&all, subscribers, per_client, short));
 }
 
 /// Bursts of events, each published as soon as every client has the previous burst; frames
 /// delivered per second over `seconds`.
 async fn saturation(node: &Node, address: std::net::SocketAddr, subscribers: usize, seconds: u64) {
-    let sockets = subscribe_clients(address, subscribers).await;
+    let sockets = subscribe_clients(&websocket_url(address), subscribers).await;
     let received = Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let readers: Vec<_> = sockets

@@ -207,30 +207,32 @@ impl Session {
         // token's lock twice per frame, for every client.
         let shutdown = self.state.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
+        let mut deliveries = Vec::with_capacity(MAX_BATCH);
         loop {
             tokio::select! {
-                delivery = self.connection.recv() => {
-                    let Some(first) = delivery else {
+                received = self.connection.recv_many(&mut deliveries, MAX_BATCH) => {
+                    if received == 0 {
                         return Ending::by_hub(self.connection.close_reason());
-                    };
-                    // Whatever else is already queued goes out with it, in one flush: one
-                    // write per burst instead of one per frame is what keeps a busy fan-out
-                    // from being all system calls.
-                    let mut batch = Vec::with_capacity(8);
-                    let mut next = Some(first);
-                    while let Some(delivery) = next {
-                        if self.is_new(&delivery) {
-                            batch.push(delivery.text.clone());
-                        }
-                        next = if batch.len() < MAX_BATCH {
-                            self.connection.try_recv()
-                        } else {
-                            None
-                        };
+                    }
+                    // Whatever was queued goes out together, in one flush: one write per burst
+                    // instead of one per frame is what keeps a busy fan-out from being all
+                    // system calls.
+                    let oldest = deliveries[0].queued_at;
+                    let batch: Vec<String> = deliveries
+                        .drain(..)
+                        .filter(|delivery| self.is_new(delivery))
+                        .map(|delivery| delivery.text.clone())
+                        .collect();
+                    if batch.is_empty() {
+                        continue;
                     }
                     if let Err(ending) = self.send_all(sink, batch).await {
                         return ending;
                     }
+                    self.state
+                        .metrics
+                        .websocket_delivery_seconds
+                        .observe(oldest.elapsed().as_secs_f64());
                 }
                 frame = from_client.recv() => {
                     last_heard = Instant::now();
@@ -312,20 +314,37 @@ impl Session {
             }
             sink.flush().await
         };
-        let write_timeout = self.state.websocket.ping_interval;
-        tokio::select! {
-            biased;
-            _ = self.connection.closed() => Err(Ending::by_hub(self.connection.close_reason())),
-            written = tokio::time::timeout(write_timeout, write) => {
-                match written {
-                    Ok(Ok(())) => {
-                        self.state.metrics.websocket_messages_sent_total.inc_by(count);
-                        Ok(())
+        tokio::pin!(write);
+        // Most writes complete on the first poll, the socket having room: those need neither a
+        // timer nor a waiter on the hub's token, two registrations per write that a busy
+        // fan-out pays for every client. Only a write that has to wait races them.
+        let written = match futures::poll!(write.as_mut()) {
+            std::task::Poll::Ready(written) => Ok(written),
+            std::task::Poll::Pending => {
+                let write_timeout = self.state.websocket.ping_interval;
+                tokio::select! {
+                    biased;
+                    _ = self.connection.closed() => {
+                        return Err(Ending::by_hub(self.connection.close_reason()));
                     }
-                    Ok(Err(_)) => Err(Ending::quietly("send_failed")),
-                    Err(_) => Err(Ending::with(1008, "the client did not read in time", "write_timeout")),
+                    written = tokio::time::timeout(write_timeout, write) => written,
                 }
             }
+        };
+        match written {
+            Ok(Ok(())) => {
+                self.state
+                    .metrics
+                    .websocket_messages_sent_total
+                    .inc_by(count);
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Ending::quietly("send_failed")),
+            Err(_) => Err(Ending::with(
+                1008,
+                "the client did not read in time",
+                "write_timeout",
+            )),
         }
     }
 
