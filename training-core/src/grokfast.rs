@@ -181,6 +181,15 @@ enum Slot {
     },
 }
 
+/// The settings of [`GrokFastConfig::Ma`], for the step that applies them.
+#[derive(Debug, Clone, Copy)]
+struct MaSettings {
+    window: usize,
+    lamb: f64,
+    warmup: bool,
+    reduction: MaReduction,
+}
+
 /// A GrokFast filter and its state.
 #[derive(Debug, Clone)]
 pub struct GrokFast {
@@ -244,15 +253,27 @@ impl GrokFast {
         module.visit(&mut collector);
         let taken = collector.taken;
         match self.config {
+            GrokFastConfig::None => {}
             GrokFastConfig::Ema { alpha, lamb } => self.filter_ema(taken, &mut grads, alpha, lamb),
-            _ => {
+            GrokFastConfig::Ma {
+                window,
+                lamb,
+                warmup,
+                reduction,
+            } => {
+                let settings = MaSettings {
+                    window,
+                    lamb,
+                    warmup,
+                    reduction,
+                };
                 for Taken {
                     path,
                     grad,
                     register,
                 } in taken
                 {
-                    let filtered = self.apply_ma(path, grad);
+                    let filtered = self.apply_ma(path, grad, settings);
                     register(&mut grads, filtered);
                 }
             }
@@ -324,53 +345,48 @@ impl GrokFast {
     }
 
     /// The MA filter, which works parameter by parameter: each keeps its own window.
-    fn apply_ma(&mut self, path: String, grad: Tensor<1>) -> Tensor<1> {
-        match self.config {
-            GrokFastConfig::None | GrokFastConfig::Ema { .. } => {
-                unreachable!("only the MA filter filters parameter by parameter")
-            }
-            GrokFastConfig::Ma {
-                window,
-                lamb,
-                warmup,
-                reduction,
-            } => {
-                let slot = self.slots.entry(path).or_insert_with(|| Slot::Ma {
-                    history: VecDeque::with_capacity(window + 1),
-                    sum: grad.zeros_like(),
-                    pushes_since_exact_sum: 0,
-                });
-                let Slot::Ma {
-                    history,
-                    sum,
-                    pushes_since_exact_sum,
-                } = slot
-                else {
-                    unreachable!("an MA filter only holds MA slots")
-                };
-                history.push_back(grad.clone());
-                let mut running = sum.clone() + grad.clone();
-                if history.len() > window
-                    && let Some(oldest) = history.pop_front()
-                {
-                    running = running - oldest;
-                }
-                *pushes_since_exact_sum += 1;
-                if *pushes_since_exact_sum >= window {
-                    running = exact_sum(history);
-                    *pushes_since_exact_sum = 0;
-                }
-                *sum = running.clone();
-                if warmup && history.len() < window {
-                    return grad;
-                }
-                let average = match reduction {
-                    MaReduction::Mean => running.div_scalar(history.len() as f64),
-                    MaReduction::Sum => running,
-                };
-                grad + average.mul_scalar(lamb)
-            }
+    fn apply_ma(&mut self, path: String, grad: Tensor<1>, settings: MaSettings) -> Tensor<1> {
+        let MaSettings {
+            window,
+            lamb,
+            warmup,
+            reduction,
+        } = settings;
+        let slot = self.slots.entry(path).or_insert_with(|| Slot::Ma {
+            history: VecDeque::with_capacity(window + 1),
+            sum: grad.zeros_like(),
+            pushes_since_exact_sum: 0,
+        });
+        let Slot::Ma {
+            history,
+            sum,
+            pushes_since_exact_sum,
+        } = slot
+        else {
+            // `new` starts empty and `from_state_bytes` refuses other kinds for an MA filter.
+            unreachable!("an MA filter only holds MA slots")
+        };
+        history.push_back(grad.clone());
+        let mut running = sum.clone() + grad.clone();
+        if history.len() > window
+            && let Some(oldest) = history.pop_front()
+        {
+            running = running - oldest;
         }
+        *pushes_since_exact_sum += 1;
+        if *pushes_since_exact_sum >= window {
+            running = exact_sum(history);
+            *pushes_since_exact_sum = 0;
+        }
+        *sum = running.clone();
+        if warmup && history.len() < window {
+            return grad;
+        }
+        let average = match reduction {
+            MaReduction::Mean => running.div_scalar(history.len() as f64),
+            MaReduction::Sum => running,
+        };
+        grad + average.mul_scalar(lamb)
     }
 
     /// The filter state as bytes, for a checkpoint.
