@@ -429,6 +429,41 @@ async fn routes_need_a_valid_token_of_a_strong_enough_role() {
     assert_eq!(error["topic"], "admin_alerts");
     let mut admin = WsClient::connect_with(&base, ADMIN_TOKEN).await;
     admin.subscribe("admin_alerts", None).await;
+
+    // A plain GET of /ws with a good token is told to upgrade, and how; one without a key is
+    // a bad request.
+    let plain = read.get(format!("{base}/ws")).send().await.unwrap();
+    assert_eq!(plain.status(), 426);
+    assert_eq!(plain.headers()["upgrade"], "websocket");
+    assert_eq!(plain.headers()["content-type"], "application/problem+json");
+    let problem: Value = plain.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("WebSocket upgrade"),
+        "{problem}"
+    );
+    let old_version = read
+        .get(format!("{base}/ws"))
+        .header("connection", "keep-alive, Upgrade")
+        .header("upgrade", "WebSocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_version.status(), 426);
+    assert_eq!(old_version.headers()["sec-websocket-version"], "13");
+    let keyless = read
+        .get(format!("{base}/ws"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyless.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

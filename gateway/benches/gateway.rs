@@ -485,6 +485,7 @@ impl LatencyRun<'_> {
     /// cores to spare, the server's numbers without the clients' work on its cores.
     async fn with_client_process(&self) -> (f64, String) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let resident_before = resident_kib();
         let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
             .env("BENCH_ROLE", "clients")
             .env("BENCH_URL", &self.url)
@@ -502,6 +503,16 @@ impl LatencyRun<'_> {
             Some("ready"),
             "the client process did not start"
         );
+        // Only the server's side of the connections lives in this process.
+        if let (Some(before), Some(after)) = (resident_before, resident_kib()) {
+            println!(
+                "  server memory: {} → {} MiB resident with {} connections open: {:.1} KiB each",
+                before / 1024,
+                after / 1024,
+                self.subscribers,
+                after.saturating_sub(before) as f64 / self.subscribers as f64
+            );
+        }
         let achieved = publish_at_rate(self.node, self.rate, self.total).await;
         // Tells the clients that publishing is over: they wait for stragglers, then report.
         let mut stdin = child.stdin.take().unwrap();
@@ -581,6 +592,13 @@ impl DeliveryHistogram {
             self.within(0.005),
         )
     }
+}
+
+/// This process's resident memory, from `/proc/self/status`.
+fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `BENCH_ROLE=clients`: connect `BENCH_SUBSCRIBERS` clients to `BENCH_URL`, say `ready`, read

@@ -222,9 +222,9 @@ pub fn routes(
     let websocket = warp::path!("ws")
         .and(warp::get())
         .and(auth::require_header_or_query(tokens.clone(), Role::Read))
-        .and(warp::ws())
+        .and(ws::handshake())
         .and(with_state.clone())
-        .and_then(|principal, ws, state| ws::upgrade(ws, principal, state));
+        .and_then(|principal, handshake, state| ws::upgrade(handshake, principal, state));
 
     let start = warp::path!("phases" / String / "start")
         .and(warp::post())

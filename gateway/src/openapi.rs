@@ -330,6 +330,11 @@ fn metrics() {}
     tag = "events",
     responses(
         (status = 101, description = "Switching Protocols: the connection is now a WebSocket."),
+        (status = 400, description = "An upgrade request without a Sec-WebSocket-Key.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 426, description = "Not a WebSocket upgrade, or not version 13: the `Upgrade` \
+            or `Sec-WebSocket-Version` header says what to send.",
+            body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The node has as many WebSocket connections as it allows, \
             or the WebSocket hub is unavailable.",
             body = Problem, content_type = "application/problem+json",

@@ -9,9 +9,9 @@
 //!
 //! The client's frames are read by a task of their own and handed to the loop through a short
 //! channel. Polling the socket from the loop would cost every delivered frame a read attempt,
-//! and tungstenite zero-fills its read buffer (128 KiB) before each attempt, ready or not: with
-//! 1,000 clients that was 128 MB of `memset` per event, most of the CPU of a busy hub. The
-//! reader task is polled only when the socket has data.
+//! and tungstenite zero-fills its read buffer before each attempt, ready or not: with 1,000
+//! clients and the default 128 KiB buffer that was 128 MB of `memset` per event, most of the CPU
+//! of a busy hub. The reader task is polled only when the socket has data.
 //!
 //! Replay: `subscribe {topic: "job:{id}", since}` registers the subscription first, then reads
 //! the job log past `since` and sends it, then remembers the last sequence number sent; queued
@@ -34,16 +34,30 @@ use grokforge_actors::services::websocket::{
 };
 use grokforge_actors::{Topic, events::SCHEMA_VERSION};
 use grokforge_config::Role;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role as SocketRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 use uuid::Uuid;
-use warp::filters::ws::{Message, WebSocket, Ws};
+use warp::Filter;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
 use crate::auth::{Principal, role_name};
-use crate::problem::Problem;
+use crate::problem::{Problem, Rejected};
 
 /// Frames written per flush, at most.
 const MAX_BATCH: usize = 64;
+
+/// Each connection's read buffer. Clients send small control frames; a longer one (up to the
+/// message limit) grows the buffer as it arrives. tungstenite's default, 128 KiB, is touched in
+/// full by the first read (it zero-fills the free part of the buffer before every read), and made
+/// every idle connection cost 137 KB of resident memory: 1.3 GB for 10,000 clients.
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Limits of the WebSocket endpoint.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +67,80 @@ pub struct WebSocketLimits {
     pub max_subscriptions: usize,
 }
 
+/// A WebSocket upgrade request, checked (RFC 6455, section 4.2.1) and ready to be accepted.
+pub struct Handshake {
+    accept: String,
+    on_upgrade: OnUpgrade,
+}
+
+/// Extracts the [`Handshake`] of a WebSocket upgrade request. Anything else is refused with a
+/// problem: 426 naming what to send, or 400 without a key.
+///
+/// The gateway does its own upgrade, rather than use warp's `ws()`, to set each connection's
+/// read buffer ([`READ_BUFFER_BYTES`]), which warp does not expose. The requests warp's filter
+/// refused also came out as 500s through the gateway's rejection handler.
+pub fn handshake() -> impl Filter<Extract = (Handshake,), Error = warp::Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and_then(
+            |headers: HeaderMap, on_upgrade: Option<OnUpgrade>| async move {
+                check_handshake(&headers, on_upgrade)
+                    .map_err(|problem| warp::reject::custom(Rejected(problem)))
+            },
+        )
+}
+
+fn check_handshake(
+    headers: &HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+) -> Result<Handshake, Problem> {
+    // Both headers are comma-separated lists of case-insensitive tokens.
+    let lists = |name: &str, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|item| item.trim().eq_ignore_ascii_case(token))
+    };
+    if !lists("connection", "upgrade") || !lists("upgrade", "websocket") {
+        return Err(Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "/ws is a WebSocket endpoint: send a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)",
+        )
+        .with_header("upgrade", "websocket"));
+    }
+    if headers
+        .get("sec-websocket-version")
+        .is_none_or(|version| version != "13")
+    {
+        return Err(Problem::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "only WebSocket version 13 is spoken here (Sec-WebSocket-Version: 13)",
+        )
+        .with_header("sec-websocket-version", "13"));
+    }
+    let Some(key) = headers.get("sec-websocket-key") else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs a Sec-WebSocket-Key header",
+        ));
+    };
+    let Some(on_upgrade) = on_upgrade else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded to a WebSocket",
+        ));
+    };
+    Ok(Handshake {
+        accept: derive_accept_key(key.as_bytes()),
+        on_upgrade,
+    })
+}
+
 /// Admits the connection with the hub, then upgrades.
 pub async fn upgrade(
-    ws: Ws,
+    handshake: Handshake,
     principal: Principal,
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
@@ -69,11 +154,31 @@ pub async fn upgrade(
         Err(problem) => return Ok(problem.into_response()),
     };
     let limits = state.websocket;
-    Ok(ws
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
-        .on_upgrade(move |socket| Session::new(state, principal, connection).run(socket))
-        .into_response())
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
+    let Handshake { accept, on_upgrade } = handshake;
+    // Hyper hands the connection over once the 101 below has been written.
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    SocketRole::Server,
+                    Some(config),
+                )
+                .await;
+                Session::new(state, principal, connection).run(socket).await;
+            }
+            // Dropping `connection` takes it off the hub.
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+    });
+    let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
+    let reply = warp::reply::with_header(reply, "connection", "upgrade");
+    let reply = warp::reply::with_header(reply, "upgrade", "websocket");
+    Ok(warp::reply::with_header(reply, "sec-websocket-accept", accept).into_response())
 }
 
 /// How a session ended: the close frame to send (if the peer can still get one) and the
@@ -121,11 +226,12 @@ struct Session {
     sent_up_to: HashMap<Uuid, u64>,
 }
 
-type Sink = futures::stream::SplitSink<WebSocket, Message>;
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Sink = futures::stream::SplitSink<Socket, Message>;
 
 /// What the reader task hands the session: a client frame, or the error that ended reading
 /// (the end of the stream closes the channel).
-type ClientRead = Result<Message, warp::Error>;
+type ClientRead = Result<Message, tungstenite::Error>;
 
 /// Client frames read ahead of the session loop. The client only sends small control frames;
 /// past this the reader waits for the loop, and the socket's receive buffer fills up.
@@ -134,7 +240,7 @@ const CLIENT_FRAMES_QUEUED: usize = 8;
 /// Forwards the client's frames to the session until the stream ends, fails, or the session
 /// goes away.
 async fn read_client(
-    mut stream: futures::stream::SplitStream<WebSocket>,
+    mut stream: futures::stream::SplitStream<Socket>,
     frames: tokio::sync::mpsc::Sender<ClientRead>,
 ) {
     while let Some(read) = stream.next().await {
@@ -155,7 +261,7 @@ impl Session {
         }
     }
 
-    async fn run(mut self, socket: WebSocket) {
+    async fn run(mut self, socket: Socket) {
         let (mut sink, stream) = socket.split();
         let (client_frames, mut from_client) = tokio::sync::mpsc::channel(CLIENT_FRAMES_QUEUED);
         let reader = tokio::spawn(read_client(stream, client_frames));
@@ -178,9 +284,7 @@ impl Session {
         // client that never reads again gets no more than the write deadline.
         let write_timeout = self.state.websocket.ping_interval;
         if let Some((code, reason)) = ending.close {
-            let _ =
-                tokio::time::timeout(write_timeout, sink.send(Message::close_with(code, reason)))
-                    .await;
+            let _ = tokio::time::timeout(write_timeout, sink.send(close_frame(code, reason))).await;
         }
         let _ = tokio::time::timeout(write_timeout, sink.close()).await;
         if let Some(label) = ending.label {
@@ -245,15 +349,12 @@ impl Session {
                         }
                         Some(Ok(message)) => message,
                     };
-                    if message.is_close() {
-                        return Ending::quietly("client");
-                    }
-                    if message.is_ping() || message.is_pong() {
-                        continue;
-                    }
-                    let reply = match message.to_str() {
-                        Ok(text) => self.handle(sink, text).await,
-                        Err(()) => Ok(Some(ControlFrame::error(
+                    let reply = match message {
+                        Message::Close(_) => return Ending::quietly("client"),
+                        // tungstenite answers pings itself.
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                        Message::Text(text) => self.handle(sink, text.as_str()).await,
+                        Message::Binary(_) => Ok(Some(ControlFrame::error(
                             "binary frames are not part of the protocol; send JSON text frames",
                         ))),
                     };
@@ -271,7 +372,7 @@ impl Session {
                     if last_heard.elapsed() > interval * 2 {
                         return Ending::with(1001, "no answer to pings", "ping_timeout");
                     }
-                    if sink.send(Message::ping(Vec::new())).await.is_err() {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
                         return Ending::quietly("send_failed");
                     }
                 }
@@ -473,6 +574,13 @@ impl Session {
         self.sent_up_to.insert(job, last);
         Ok(None)
     }
+}
+
+fn close_frame(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
 }
 
 fn topic_error(topic: &str, message: String) -> ControlFrame {
