@@ -386,6 +386,25 @@ async fn receive_events(
     (all, short)
 }
 
+/// Receives on every socket while `publishing` runs and for [`STRAGGLERS`] after it ends;
+/// returns what `publishing` gave, every frame's latency and how many clients came up short.
+async fn receive_during<T>(
+    sockets: Vec<Socket>,
+    per_client: usize,
+    publishing: impl std::future::Future<Output = T>,
+) -> (T, Vec<Duration>, usize) {
+    let give_up = tokio_util::sync::CancellationToken::new();
+    let received = tokio::spawn(receive_events(sockets, per_client, give_up.clone()));
+    let published = publishing.await;
+    let deadline = tokio::spawn(async move {
+        tokio::time::sleep(STRAGGLERS).await;
+        give_up.cancel();
+    });
+    let (all, short) = received.await.unwrap();
+    deadline.abort();
+    (published, all, short)
+}
+
 /// The latency part's summary line, printed by whichever process ran the clients.
 fn latency_line(all: &[Duration], subscribers: usize, per_client: usize, short: usize) -> String {
     format!(
@@ -464,16 +483,9 @@ struct LatencyRun<'a> {
 impl LatencyRun<'_> {
     async fn with_clients_here(&self) -> (f64, String) {
         let sockets = subscribe_clients(&self.url, self.subscribers).await;
-        let give_up = tokio_util::sync::CancellationToken::new();
         let per_client = self.total as usize;
-        let received = tokio::spawn(receive_events(sockets, per_client, give_up.clone()));
-        let achieved = publish_at_rate(self.node, self.rate, self.total).await;
-        let deadline = tokio::spawn(async move {
-            tokio::time::sleep(STRAGGLERS).await;
-            give_up.cancel();
-        });
-        let (all, short) = received.await.unwrap();
-        deadline.abort();
+        let publishing = publish_at_rate(self.node, self.rate, self.total);
+        let (achieved, all, short) = receive_during(sockets, per_client, publishing).await;
         (
             achieved,
             latency_line(&all, self.subscribers, per_client, short),
@@ -573,11 +585,13 @@ impl DeliveryHistogram {
             })
     }
 
+    /// The share of writes in buckets bounded at or below `bound`, in percent.
     fn within(&self, bound: f64) -> f64 {
         let under = self
             .buckets
             .iter()
-            .find(|(b, _)| (*b - bound).abs() < 1e-12)
+            .take_while(|(upper, _)| *upper <= bound)
+            .last()
             .map_or(0, |(_, cumulative)| *cumulative);
         100.0 * under as f64 / self.count.max(1) as f64
     }
@@ -610,18 +624,13 @@ async fn client_process() {
     let subscribers = env("BENCH_SUBSCRIBERS", 1000) as usize;
     let per_client = env("BENCH_EVENTS", 0) as usize;
     let sockets = subscribe_clients(&url, subscribers).await;
-    let give_up = tokio_util::sync::CancellationToken::new();
-    let received = tokio::spawn(receive_events(sockets, per_client, give_up.clone()));
-    println!("ready");
-    let deadline = tokio::spawn(async move {
+    // The parent publishes between our `ready` and its `published` (or going away).
+    let publishing = async {
+        println!("ready");
         let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        // `published`, or the parent went away.
         let _ = stdin.next_line().await;
-        tokio::time::sleep(STRAGGLERS).await;
-        give_up.cancel();
-    });
-    let (all, short) = received.await.unwrap();
-    deadline.abort();
+    };
+    let ((), all, short) = receive_during(sockets, per_client, publishing).await;
     println!("{}", latency_line(&all, subscribers, per_client, short));
 }
 
