@@ -13,16 +13,21 @@ run:
 	@$(LIBTORCH_ENV); cargo run --bin grokforge -- serve --bind $(BIND) --data-dir $(DATA_DIR)
 
 ## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379;
-## .ci/run starts them when they are not running).
+## .ci/run starts them when they are not running): the Rust tests, then the dashboard in a real
+## Chromium and the Python client against a real node (tests/browser/run.sh installs Chromium
+## and Playwright when missing).
 test:
 	@$(LIBTORCH_ENV); \
 	scripts/torch-python.sh || echo "make: torch is not importable from python; the PyTorch parity test will skip" >&2; \
 	export LD_LIBRARY_PATH="$${LIBTORCH_LIB:-$$LIBTORCH}/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"; \
+	status=0; \
 	if cargo nextest --version >/dev/null 2>&1; then \
-	  cargo nextest run --workspace --all-targets --no-fail-fast; \
+	  cargo nextest run --workspace --all-targets --no-fail-fast || status=$$?; \
 	else \
-	  cargo test --workspace --all-targets --no-fail-fast; \
-	fi
+	  cargo test --workspace --all-targets --no-fail-fast || status=$$?; \
+	fi; \
+	GROKFORGE_BIN="$${CARGO_TARGET_DIR:-target}/debug/grokforge" tests/browser/run.sh || status=$$?; \
+	exit $$status
 
 build:
 	@$(LIBTORCH_ENV); cargo build --workspace --all-targets

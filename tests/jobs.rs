@@ -37,21 +37,9 @@ async fn wait_status(base: &str, id: &str, status: &str, deadline: Duration) -> 
     .await
 }
 
-/// The logits of a job's trained variant on a fixed batch: equal logits, bit for bit, mean
-/// equal weights. (The Burn record files themselves also carry parameter ids, which are not
-/// part of the weights and differ between a freshly built and a reloaded model.)
+/// The logits of a node's job (see [`common::variant_logits`]).
 fn logits(data_dir: &std::path::Path, job_id: &str) -> Vec<f32> {
-    use grokforge_training_core::burn_tensor::{Int, Tensor, TensorData};
-    let device = grokforge_training_core::parse_device("cpu").unwrap();
-    let dir = data_dir.join("jobs").join(job_id).join("variant-0");
-    let (_, model) = grokforge_training_core::load_model(&dir, &device).unwrap();
-    let tokens: Vec<i64> = vec![0, 11, 3, 12, 5, 11, 9, 12];
-    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens, [2, 4]), &device);
-    model
-        .forward(input)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap()
+    common::variant_logits(&data_dir.join("artifacts").join("jobs"), job_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use std::time::Duration;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::directory::{ServiceDirectory, names};
 use crate::events::{Event, EventEnvelope, Topic};
@@ -228,6 +231,61 @@ impl Publisher {
                 .events_dropped_total
                 .with_label_values(&["bus_unavailable"])
                 .inc();
+        }
+    }
+}
+
+/// Hands every event of `topics` (all, when empty) to `on_event` until `cancel` fires,
+/// subscribing again whenever the subscription ends (the bus restarted, or dropped this
+/// subscriber for falling behind — which `on_event` avoids by doing nothing slow).
+pub async fn follow(
+    directory: &ServiceDirectory,
+    subscriber: &str,
+    topics: Vec<Topic>,
+    capacity: usize,
+    cancel: &CancellationToken,
+    mut on_event: impl FnMut(Arc<EventEnvelope>),
+) {
+    while !cancel.is_cancelled() {
+        let subscription = directory
+            .call::<EventBusMessage, _, _>(
+                names::EVENT_BUS,
+                |reply| {
+                    EventBusMessage::Subscribe(
+                        SubscribeRequest {
+                            subscriber: subscriber.to_string(),
+                            topics: topics.clone(),
+                            capacity: Some(capacity),
+                        },
+                        reply,
+                    )
+                },
+                Duration::from_secs(1),
+            )
+            .await;
+        let Ok(mut subscription) = subscription else {
+            // The bus is restarting; try again shortly.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        };
+        loop {
+            let envelope = tokio::select! {
+                _ = cancel.cancelled() => return,
+                envelope = subscription.receiver.recv() => envelope,
+            };
+            match envelope {
+                Some(envelope) => on_event(envelope),
+                None => break,
+            }
+        }
+        if let Some(reason) = subscription.drop_reason() {
+            tracing::warn!(
+                subscriber,
+                ?reason,
+                "the bus dropped a subscription; subscribing again"
+            );
         }
     }
 }

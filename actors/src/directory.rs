@@ -16,6 +16,8 @@ use ractor::{ActorCell, ActorRef, Message, RpcReplyPort};
 /// The names of a node's services, in boot order.
 pub mod names {
     pub const EVENT_BUS: &str = "event_bus";
+    /// Only in a cluster (`broker.url` set).
+    pub const REDIS_BRIDGE: &str = "redis_bridge";
     pub const MODEL_SERVICE: &str = "model_service";
     pub const TRAINING_SERVICE: &str = "training_service";
     pub const MONITORING_SERVICE: &str = "monitoring_service";

@@ -51,6 +51,12 @@ pub enum AlertSeverity {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Event {
+    /// A job is waiting in the queue: just started, or handed back by a node that shut down.
+    /// Idle nodes claim it at once instead of at their next poll.
+    JobQueued {
+        job_id: Uuid,
+        phase: String,
+    },
     TrainingStarted {
         job_id: Uuid,
         phase: String,
@@ -87,6 +93,11 @@ pub enum Event {
     TrainingCancelled {
         job_id: Uuid,
         step: u64,
+    },
+    /// A cancel of a running job was recorded; the node that runs it stops at its next step
+    /// (and reports `training_cancelled`) without waiting for its next lease renewal.
+    CancelRequested {
+        job_id: Uuid,
     },
     ModelSaved {
         model_id: Uuid,
@@ -132,6 +143,9 @@ pub enum Topic {
     AdminAlerts,
     Health,
     Job(Uuid),
+    /// Between the nodes' services only (`job_queued`, `cancel_requested`): carried by the bus
+    /// and the bridge, never offered to clients (it does not parse).
+    Coordination,
 }
 
 impl Topic {
@@ -162,6 +176,7 @@ impl std::fmt::Display for Topic {
             Topic::AdminAlerts => f.write_str("admin_alerts"),
             Topic::Health => f.write_str("health"),
             Topic::Job(id) => write!(f, "job:{id}"),
+            Topic::Coordination => f.write_str("coordination"),
         }
     }
 }
@@ -184,12 +199,14 @@ impl Event {
     /// is closed, so the label stays bounded.
     pub fn kind(&self) -> &'static str {
         match self {
+            Event::JobQueued { .. } => "job_queued",
             Event::TrainingStarted { .. } => "training_started",
             Event::TrainingProgress { .. } => "training_progress",
             Event::CheckpointSaved { .. } => "checkpoint_saved",
             Event::TrainingCompleted { .. } => "training_completed",
             Event::TrainingFailed { .. } => "training_failed",
             Event::TrainingCancelled { .. } => "training_cancelled",
+            Event::CancelRequested { .. } => "cancel_requested",
             Event::ModelSaved { .. } => "model_saved",
             Event::ModelHandoff { .. } => "model_handoff",
             Event::ServiceHealthChanged { .. } => "service_health_changed",
@@ -199,15 +216,24 @@ impl Event {
         }
     }
 
+    /// Whether the Redis bridge sends the event to the other nodes. Membership changes are not
+    /// sent: every node's discovery sees them for itself, and each would otherwise reach a
+    /// client once per node.
+    pub fn is_cluster_wide(&self) -> bool {
+        !matches!(self, Event::NodeJoined { .. } | Event::NodeLeft { .. })
+    }
+
     /// The job this event belongs to, if any.
     pub fn job_id(&self) -> Option<Uuid> {
         match self {
-            Event::TrainingStarted { job_id, .. }
+            Event::JobQueued { job_id, .. }
+            | Event::TrainingStarted { job_id, .. }
             | Event::TrainingProgress { job_id, .. }
             | Event::CheckpointSaved { job_id, .. }
             | Event::TrainingCompleted { job_id, .. }
             | Event::TrainingFailed { job_id, .. }
-            | Event::TrainingCancelled { job_id, .. } => Some(*job_id),
+            | Event::TrainingCancelled { job_id, .. }
+            | Event::CancelRequested { job_id } => Some(*job_id),
             Event::ModelSaved { job_id, .. } => *job_id,
             _ => None,
         }
@@ -222,6 +248,7 @@ impl Event {
             | Event::TrainingCompleted { .. }
             | Event::TrainingFailed { .. }
             | Event::TrainingCancelled { .. } => Topic::TrainingUpdates,
+            Event::JobQueued { .. } | Event::CancelRequested { .. } => Topic::Coordination,
             Event::ModelSaved { .. } | Event::ModelHandoff { .. } => Topic::ModelUpdates,
             Event::AlertRaised { .. } => Topic::AdminAlerts,
             Event::ServiceHealthChanged { .. }
@@ -337,6 +364,10 @@ mod tests {
     fn samples() -> Vec<Event> {
         let job_id = Uuid::now_v7();
         vec![
+            Event::JobQueued {
+                job_id,
+                phase: "cognate".into(),
+            },
             Event::TrainingStarted {
                 job_id,
                 phase: "cognate".into(),
@@ -371,6 +402,7 @@ mod tests {
                 error: "loss is NaN at step 7".into(),
             },
             Event::TrainingCancelled { job_id, step: 9 },
+            Event::CancelRequested { job_id },
             Event::ModelSaved {
                 model_id: Uuid::now_v7(),
                 name: "cognate-a".into(),
@@ -428,7 +460,7 @@ mod tests {
             assert_eq!(value["type"], event.kind());
             assert!(value.get("data").is_some());
         }
-        let envelope = EventEnvelope::new("n", "s", samples().remove(1));
+        let envelope = EventEnvelope::new("n", "s", samples().remove(2));
         let value: serde_json::Value = serde_json::from_str(&envelope.to_json().unwrap()).unwrap();
         assert_eq!(value["event"]["type"], "training_progress");
         assert_eq!(value["schema_version"], SCHEMA_VERSION);

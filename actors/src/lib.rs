@@ -4,9 +4,12 @@
 //! * [`supervisor`] — `NodeSupervisor`: one-for-one restarts under the same name, exponential
 //!   backoff, OTP restart intensity that escalates a storm into a node exit.
 //! * [`services`] — one actor per file: ModelService, TrainingService, MonitoringService,
-//!   WebSocketHub, Discovery.
+//!   WebSocketHub, Discovery, and RedisBridge in a cluster.
 //! * [`bus`] and [`events`] — the `Event` vocabulary, its envelope and wire encodings, and the
 //!   local EventBus with bounded per-subscriber queues.
+//! * [`cluster`] — what nodes say to each other through Redis: signed frames (HMAC-SHA256 under
+//!   the cluster secret), their checks, and the duplicate window. The RedisBridge and Discovery
+//!   services carry them.
 //! * [`directory`] — how services find each other across restarts; request/reply with a
 //!   deadline.
 //! * [`health`] — checks aggregated over the seed's dependency graph.
@@ -14,6 +17,7 @@
 //! * [`metrics`] — the node's Prometheus registry and the internal events that feed it.
 
 pub mod bus;
+pub mod cluster;
 pub mod directory;
 pub mod events;
 pub mod health;

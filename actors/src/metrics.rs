@@ -44,6 +44,13 @@ pub struct NodeMetrics {
     pub breaker_state: IntGaugeVec,
     /// Registered models by phase, refreshed when `/metrics` is scraped.
     pub models: IntGaugeVec,
+    /// Envelopes through the Redis bridge, by direction (`published`, `received`).
+    pub cluster_messages_total: IntCounterVec,
+    /// Frames the Redis bridge dropped, by reason (`own_echo`, `duplicate`, `unsigned`,
+    /// `bad_signature`, `malformed`, `other_cluster`, `newer_schema`, `outbox_full`).
+    pub cluster_messages_dropped_total: IntCounterVec,
+    /// Live nodes of the cluster as discovery sees them (1 without a broker).
+    pub cluster_nodes: IntGauge,
 }
 
 impl NodeMetrics {
@@ -193,8 +200,33 @@ impl NodeMetrics {
         )
         .expect("static metric definition");
 
+        let cluster_messages_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_cluster_messages_total",
+                "Envelopes through the Redis bridge, by direction",
+            ),
+            &["direction"],
+        )
+        .expect("static metric definition");
+        let cluster_messages_dropped_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_cluster_messages_dropped_total",
+                "Frames the Redis bridge dropped, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
+        let cluster_nodes = IntGauge::new(
+            "grokforge_cluster_nodes",
+            "Live nodes of the cluster as discovery sees them",
+        )
+        .expect("static metric definition");
+
         for collector in [
             Box::new(actor_restarts_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cluster_messages_total.clone()),
+            Box::new(cluster_messages_dropped_total.clone()),
+            Box::new(cluster_nodes.clone()),
             Box::new(events_published_total.clone()),
             Box::new(events_dropped_total.clone()),
             Box::new(bus_subscribers.clone()),
@@ -240,6 +272,9 @@ impl NodeMetrics {
             websocket_delivery_seconds,
             breaker_state,
             models,
+            cluster_messages_total,
+            cluster_messages_dropped_total,
+            cluster_nodes,
         }
     }
 

@@ -21,13 +21,15 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorRef};
 
 use crate::bus::{self, EventBus, Publisher};
+use crate::cluster::FrameCodec;
 use crate::directory::{ServiceDirectory, names};
 use crate::events::Event;
 use crate::metrics::NodeMetrics;
 use crate::resilience::{RetryPolicy, retry};
-use crate::services::discovery::{self, Discovery, NodeInfo};
+use crate::services::discovery::{self, ClusterDiscovery, Discovery, Membership, NodeInfo};
 use crate::services::model::{self, ModelLists, ModelService};
 use crate::services::monitoring::{self, HealthProbe, MonitoringService};
+use crate::services::redis_bridge::{self, BridgeShared, RedisBridge};
 use crate::services::training::{self, TrainingService};
 use crate::services::websocket::{self, WebSocketHub};
 use crate::supervisor::{
@@ -62,6 +64,8 @@ pub struct Node {
     pub api_address: Arc<OnceLock<String>>,
     /// The ModelService's cached model lists, for the gateway's `GET /models`.
     pub model_lists: ModelLists,
+    /// The live nodes and this node's running jobs, as discovery keeps them.
+    pub membership: Membership,
     supervisor: ActorRef<NodeSupervisorMessage>,
     supervisor_done: JoinHandle<()>,
     outcome: SupervisorOutcome,
@@ -110,21 +114,35 @@ impl Node {
         let publisher =
             |service| Publisher::new(node_id.clone(), service, directory.clone(), metrics.clone());
 
+        let broker = &settings.broker;
+        // With a broker, validation has made sure there is a secret.
+        let codec = broker.cluster_secret.as_deref().map(FrameCodec::new);
+        let cluster = redis.clone().zip(codec.clone());
+        let bridge_shared = cluster
+            .as_ref()
+            .map(|_| BridgeShared::new(broker.outbox_capacity));
+        let membership = Membership::new(&node_id);
+
         let probe = HealthProbe {
             node_id: node_id.clone(),
             directory: directory.clone(),
             database: database.clone(),
             data_dir: data_dir.clone(),
-            redis,
+            bridge: bridge_shared.clone(),
             api_listening: api_listening.clone(),
             timeout: settings.monitoring.health_check_timeout(),
         };
+        let now = chrono::Utc::now();
         let this_node = NodeInfo {
             node_id: node_id.clone(),
             name: settings.node.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             address: None,
-            started_at: chrono::Utc::now(),
+            started_at: now,
+            heartbeat_at: now,
+            status: None,
+            services: Default::default(),
+            running_jobs: Vec::new(),
         };
 
         let bus_args = (metrics.clone(), settings.broker.subscriber_queue_capacity);
@@ -140,13 +158,20 @@ impl Node {
             jobs: JobRepository::new(database.clone()),
             settings: settings.training.clone(),
             device,
-            work_dir: data_dir.join("jobs"),
-            cache_dir: data_dir.join("cache"),
+            // In the artifacts directory, which the nodes of a cluster share: a node that takes
+            // over a job resumes from the checkpoint its previous owner wrote, and prepared
+            // data is made once for all.
+            work_dir: settings.artifacts_dir().join("jobs"),
+            cache_dir: settings.artifacts_dir().join("cache"),
             directory: directory.clone(),
             publisher: publisher(names::TRAINING_SERVICE),
             metrics: metrics.clone(),
-            // Leases are renewed three times per lease period, so one slow tick never loses one.
-            tick: settings.training.lease_duration() / 3,
+            membership: membership.clone(),
+            // Leases are renewed three times per lease period, so one slow tick never loses one;
+            // and the queue is looked at least every second, so a job whose `job_queued` was
+            // lost (pub/sub is at-most-once) still waits no longer than that.
+            tick: (settings.training.lease_duration() / 3).min(Duration::from_secs(1)),
+            stop_workers_within: worker_stop_budget(settings.node.shutdown_timeout()),
         };
         let monitoring_args = monitoring::Arguments {
             probe,
@@ -166,18 +191,51 @@ impl Node {
             // Bursts of a few seconds at full event rate wait here instead of dropping the hub.
             bus_queue_capacity: 65_536,
         };
-        let discovery_node = this_node.clone();
-        let discovery_address = api_address.clone();
-        let children = vec![
-            ChildSpec::new(names::EVENT_BUS, move || {
-                (
-                    EventBus,
-                    bus::Arguments {
-                        metrics: bus_args.0.clone(),
-                        default_capacity: bus_args.1,
-                    },
-                )
+        let discovery_args = discovery::Arguments {
+            this_node: this_node.clone(),
+            address: api_address.clone(),
+            advertise_url: settings.node.advertise_url.clone(),
+            cluster: cluster.clone().map(|(client, codec)| ClusterDiscovery {
+                client,
+                key_prefix: format!("{}:node:", broker.channel),
+                codec,
+                heartbeat_interval: settings.discovery.heartbeat_interval(),
+                ttl: settings.discovery.ttl(),
+                io_timeout: broker.connect_timeout(),
             }),
+            membership: membership.clone(),
+            directory: directory.clone(),
+            publisher: publisher(names::DISCOVERY),
+            metrics: metrics.clone(),
+        };
+        let mut children = vec![ChildSpec::new(names::EVENT_BUS, move || {
+            (
+                EventBus,
+                bus::Arguments {
+                    metrics: bus_args.0.clone(),
+                    default_capacity: bus_args.1,
+                },
+            )
+        })];
+        if let (Some((client, codec)), Some(shared)) = (cluster, bridge_shared) {
+            let bridge_args = redis_bridge::Arguments {
+                node_id: node_id.clone(),
+                client,
+                channel: broker.channel.clone(),
+                codec,
+                heartbeat_interval: broker.heartbeat_interval(),
+                heartbeat_timeout: broker.heartbeat_timeout(),
+                io_timeout: broker.connect_timeout(),
+                shared,
+                directory: directory.clone(),
+                publisher: publisher(names::REDIS_BRIDGE),
+                metrics: metrics.clone(),
+            };
+            children.push(ChildSpec::new(names::REDIS_BRIDGE, move || {
+                (RedisBridge, bridge_args.clone())
+            }));
+        }
+        children.extend([
             ChildSpec::new(names::MODEL_SERVICE, move || {
                 (ModelService, model_args.clone())
             }),
@@ -191,15 +249,9 @@ impl Node {
                 (WebSocketHub, hub_args.clone())
             }),
             ChildSpec::new(names::DISCOVERY, move || {
-                (
-                    Discovery,
-                    discovery::Arguments {
-                        this_node: discovery_node.clone(),
-                        address: discovery_address.clone(),
-                    },
-                )
+                (Discovery, discovery_args.clone())
             }),
-        ];
+        ]);
 
         let outcome = SupervisorOutcome::default();
         let node = &settings.node;
@@ -208,7 +260,7 @@ impl Node {
             period: node.restart_period(),
             backoff_initial: node.restart_backoff_initial(),
             backoff_max: node.restart_backoff_max(),
-            stop_timeout: node.shutdown_timeout() / 4,
+            stop_timeout: services_stop_budget(node.shutdown_timeout()),
         };
         let (supervisor, supervisor_done) = Actor::spawn(
             Some(format!("{node_id}/node_supervisor")),
@@ -241,6 +293,7 @@ impl Node {
             api_listening,
             api_address,
             model_lists,
+            membership,
             supervisor,
             supervisor_done,
             outcome,
@@ -260,6 +313,11 @@ impl Node {
     /// Stops the services in reverse boot order within `deadline`, then closes the database.
     /// Returns the order in which the services were stopped.
     pub async fn shutdown(mut self, deadline: Duration) -> Vec<&'static str> {
+        let until = tokio::time::Instant::now() + deadline;
+        // Discovery deletes this node's key as it stops, so the others see it leave at once.
+        self.membership
+            .leaving
+            .store(true, std::sync::atomic::Ordering::Release);
         let order = match self
             .supervisor
             .call(NodeSupervisorMessage::Shutdown, Some(deadline))
@@ -272,7 +330,7 @@ impl Node {
                 Vec::new()
             }
         };
-        let _ = tokio::time::timeout(deadline, &mut self.supervisor_done).await;
+        let _ = tokio::time::timeout_at(until, &mut self.supervisor_done).await;
         self.database.close().await;
         order
     }
@@ -360,6 +418,24 @@ where
         waited_ms: started.elapsed().as_millis(),
         last_error: error.last,
     })
+}
+
+/// How `node.shutdown_timeout_ms` is shared out, so that the parts add up to at most the
+/// whole: the gateway drains for a quarter ([`gateway_drain_budget`]), the services then stop
+/// within five eighths (the training service's workers, which write a checkpoint, within
+/// half: [`worker_stop_budget`]), and the last eighth is left for closing the database.
+pub fn gateway_drain_budget(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout / 4
+}
+
+/// See [`gateway_drain_budget`].
+pub fn services_stop_budget(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout * 5 / 8
+}
+
+/// See [`gateway_drain_budget`].
+pub fn worker_stop_budget(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout / 2
 }
 
 fn saturating_usize(value: u64) -> usize {

@@ -67,7 +67,8 @@ pub struct RestartPolicy {
     pub period: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// How long each child gets to stop during shutdown or escalation.
+    /// How long the children get to stop during shutdown or escalation, all of them together
+    /// (stopped one after the other, each with what is left).
     pub stop_timeout: Duration,
 }
 
@@ -188,13 +189,17 @@ impl NodeSupervisorState {
     async fn stop_children(&mut self, reason: &str) -> Vec<&'static str> {
         self.stopping = true;
         let mut order = Vec::new();
+        let until = tokio::time::Instant::now() + self.policy.stop_timeout;
         for slot in self.children.iter_mut().rev() {
             let Some(cell) = slot.cell.take() else {
                 continue;
             };
             tracing::info!(actor = slot.spec.name, "stopping");
+            let left = until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(1));
             if cell
-                .stop_and_wait(Some(reason.to_string()), Some(self.policy.stop_timeout))
+                .stop_and_wait(Some(reason.to_string()), Some(left))
                 .await
                 .is_err()
             {

@@ -257,13 +257,15 @@ async fn a_configured_redis_is_checked_and_a_missing_one_fails_boot_by_name() {
     let mut config = settings(dir.path());
     config.broker.url = Some(redis_url());
     config.broker.cluster_secret = Some("a-test-cluster-secret".into());
+    config.broker.channel = format!("grokforge:test:{}", uuid::Uuid::now_v7().simple());
     let node = Node::start(config.clone(), cpu(), Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(
-        check_now(&node).await.dependencies["broker"].status,
-        HealthState::Healthy
-    );
+    // Healthy once the bridge has subscribed and heard its own heartbeat back.
+    wait_until("a healthy broker", Duration::from_secs(10), async || {
+        check_now(&node).await.dependencies["broker"].status == HealthState::Healthy
+    })
+    .await;
     node.shutdown(Duration::from_secs(5)).await;
 
     config.broker.url = Some("redis://127.0.0.1:1".into());
@@ -316,4 +318,65 @@ async fn a_configured_postgres_is_used_and_a_missing_one_fails_boot_by_name() {
         "{error}"
     );
     assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
+}
+
+#[tokio::test]
+async fn the_service_discovery_api_sees_every_node_of_the_cluster() {
+    use grokforge_actors::services::discovery::ServiceDiscovery;
+    let channel = format!("grokforge:test:{}", uuid::Uuid::now_v7().simple());
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for index in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = settings(dir.path());
+        config.node.id = Some(format!("discovery-{index}"));
+        config.broker.url = Some(redis_url());
+        config.broker.channel = channel.clone();
+        config.broker.cluster_secret = Some("a-test-cluster-secret".into());
+        config.discovery.heartbeat_interval_ms = 100;
+        config.discovery.ttl_ms = 1_000;
+        config.monitoring.health_check_interval_ms = 100;
+        let node = Node::start(config, cpu(), Duration::from_secs(10))
+            .await
+            .unwrap();
+        let _ = node
+            .api_address
+            .set(format!("http://127.0.0.1:{}", 9000 + index));
+        nodes.push(node);
+        dirs.push(dir);
+    }
+    let discovery = ServiceDiscovery {
+        directory: nodes[0].directory.clone(),
+        timeout: Duration::from_secs(2),
+    };
+    discovery.register_service().unwrap();
+    wait_until(
+        "both nodes' model service",
+        Duration::from_secs(10),
+        async || {
+            let mut urls = discovery.discover_service("model").await.unwrap();
+            urls.sort();
+            urls == ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
+        },
+    )
+    .await;
+    let states = discovery.health_check("model").await.unwrap();
+    let ids: Vec<&str> = states.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["discovery-0", "discovery-1"]);
+    assert!(
+        discovery
+            .discover_service("no-such-service")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A clean shutdown removes the node at once (its TTL would take a second).
+    let second = nodes.pop().unwrap();
+    second.shutdown(Duration::from_secs(5)).await;
+    wait_until("one node left", Duration::from_millis(900), async || {
+        discovery.discover_service("model").await.unwrap() == ["http://127.0.0.1:9000"]
+    })
+    .await;
+    nodes.pop().unwrap().shutdown(Duration::from_secs(5)).await;
 }

@@ -64,6 +64,9 @@ pub struct NodeSettings {
     pub restart_backoff_initial_ms: u64,
     pub restart_backoff_max_ms: u64,
     pub actor_call_timeout_ms: u64,
+    /// The URL other nodes and clients reach this node's HTTP API at (discovery publishes
+    /// it); default `http://<gateway.bind>` as bound.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -79,6 +82,7 @@ impl Default for NodeSettings {
             restart_backoff_initial_ms: 100,
             restart_backoff_max_ms: 5_000,
             actor_call_timeout_ms: 2_000,
+            advertise_url: None,
         }
     }
 }
@@ -203,6 +207,13 @@ pub struct BrokerSettings {
     pub cluster_secret: Option<String>,
     pub subscriber_queue_capacity: usize,
     pub connect_timeout_ms: u64,
+    /// Envelopes kept for the cluster while Redis is unreachable; past it the oldest go first.
+    pub outbox_capacity: usize,
+    /// How often the bridge sends itself a heartbeat through the channel.
+    pub heartbeat_interval_ms: u64,
+    /// A subscription that has not brought the bridge's own heartbeat back for this long is
+    /// wedged: the broker turns degraded and the bridge reconnects.
+    pub heartbeat_timeout_ms: u64,
 }
 
 impl Default for BrokerSettings {
@@ -213,6 +224,9 @@ impl Default for BrokerSettings {
             cluster_secret: None,
             subscriber_queue_capacity: 1024,
             connect_timeout_ms: 5_000,
+            outbox_capacity: 10_000,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
         }
     }
 }
@@ -220,6 +234,14 @@ impl Default for BrokerSettings {
 impl BrokerSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
     }
 }
 
@@ -234,6 +256,9 @@ impl fmt::Debug for BrokerSettings {
             )
             .field("subscriber_queue_capacity", &self.subscriber_queue_capacity)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("heartbeat_timeout_ms", &self.heartbeat_timeout_ms)
             .finish()
     }
 }

@@ -35,6 +35,9 @@ impl Settings {
             problems.non_blank("node.id", id);
         }
         problems.non_blank("node.name", &node.name);
+        if let Some(url) = &node.advertise_url {
+            problems.scheme("node.advertise_url", url, &["http://", "https://"]);
+        }
         if node.data_dir.as_os_str().is_empty() {
             problems.push("node.data_dir", "must not be empty");
         }
@@ -103,6 +106,18 @@ impl Settings {
             broker.subscriber_queue_capacity as u64,
         );
         problems.positive("broker.connect_timeout_ms", broker.connect_timeout_ms);
+        problems.at_least_one("broker.outbox_capacity", broker.outbox_capacity as u64);
+        problems.positive("broker.heartbeat_interval_ms", broker.heartbeat_interval_ms);
+        // The timeout must leave room for at least one heartbeat to come back.
+        if broker.heartbeat_timeout_ms <= broker.heartbeat_interval_ms {
+            problems.push(
+                "broker.heartbeat_timeout_ms",
+                format!(
+                    "must be greater than broker.heartbeat_interval_ms ({}), found {}",
+                    broker.heartbeat_interval_ms, broker.heartbeat_timeout_ms
+                ),
+            );
+        }
     }
 
     fn validate_database(&self, problems: &mut Problems) {

@@ -41,6 +41,12 @@ pub(crate) fn training_problem(error: TrainingError) -> Problem {
         TrainingError::InvalidSpec(detail) => {
             Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
         }
+        TrainingError::InvalidField { field, detail } => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail).with("field", field)
+        }
+        error @ TrainingError::PathField { field } => {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()).with("field", field)
+        }
         TrainingError::JobNotFound(id) => {
             Problem::new(StatusCode::NOT_FOUND, format!("job {id} not found"))
         }

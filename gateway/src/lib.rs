@@ -6,11 +6,13 @@
 //! * [`ws`] — the WebSocket endpoint, one session per client over the node's WebSocketHub.
 //! * [`openapi`] — the OpenAPI document, generated from the handlers' types.
 //! * [`problem`] — the `application/problem+json` error body and the rejection handler.
+//! * `dashboard` — the web page at `/`, embedded in the binary (not part of the API document).
 //!
 //! The gateway holds no state of its own: it calls the node's actors through the service
 //! directory, each call behind a circuit breaker per service and with a deadline.
 
 pub mod auth;
+mod dashboard;
 mod health;
 mod jobs;
 mod metrics;
@@ -293,6 +295,13 @@ pub fn routes(
         .and(read)
         .and(with_state)
         .and_then(models::download);
+    let dashboard = warp::path::end()
+        .and(warp::get())
+        .and_then(dashboard::index)
+        .or(warp::path("dashboard")
+            .and(warp::path::tail())
+            .and(warp::get())
+            .and_then(dashboard::file));
 
     // The order decides nothing about which route answers (no two routes match the same method
     // and path), only how many are tried first: the reads a dashboard polls come first.
@@ -314,6 +323,7 @@ pub fn routes(
         .or(phase_status)
         .or(cancel_job)
         .or(download)
+        .or(dashboard)
         .recover(problem::recover)
         .with(warp::log::custom(move |info| {
             metrics::observe_request(&metrics_registry, &info)

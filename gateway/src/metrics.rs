@@ -40,6 +40,7 @@ pub fn route_template(path: &str) -> &'static str {
         [Some("models"), Some("export"), None, None] => "/models/export",
         [Some("models"), Some(_), None, None] => "/models/{id}",
         [Some("exports"), Some(_), None, None] => "/exports/{id}",
+        [Some("dashboard"), Some(_), _, None] => "/dashboard/{file}",
         _ => "unmatched",
     }
 }

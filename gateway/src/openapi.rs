@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use grokforge_actors::training_core::{Phase, TrainSpec};
+use grokforge_actors::training_core::{PATH_FIELDS, Phase, TrainSpec};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -216,9 +216,8 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = (HttpMethod, &mut
     .filter_map(|(method, operation)| operation.as_mut().map(|operation| (method, operation)))
 }
 
-/// Start-body fields the training service replaces with the node's own choice: where a job's
-/// files go and which device it runs on.
-const NODE_CHOSEN_FIELDS: [&str; 3] = ["out", "resume", "device"];
+/// Start-body fields the training service replaces with the node's own choice.
+const NODE_CHOSEN_FIELDS: [&str; 1] = ["device"];
 
 /// The body of `POST /phases/{phase}/start`: `TrainSpec`'s fields except `phase` (the path
 /// names it), plus the queue `priority`. Derived from `TrainSpec`'s own schema, so a new
@@ -231,6 +230,11 @@ impl PartialSchema for StartJobRequest {
         if let RefOr::T(Schema::Object(object)) = &mut schema {
             object.properties.remove("phase");
             object.required.retain(|field| field != "phase");
+            // Fields that name a server file are refused over HTTP (422), so the document
+            // leaves them out: `additionalProperties: false` then says the same.
+            for field in PATH_FIELDS {
+                object.properties.remove(field);
+            }
             // Accepted (the body is a `TrainSpec`) but overridden by the training service.
             for field in NODE_CHOSEN_FIELDS {
                 if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) {
@@ -533,9 +537,12 @@ mod tests {
             "grokfast",
             "priority",
             "batch_size",
-            "text",
+            "text_field",
         ] {
             assert!(properties.contains_key(field), "{field}: {schema:#}");
+        }
+        for field in PATH_FIELDS {
+            assert!(!properties.contains_key(field), "{field}: {schema:#}");
         }
         assert!(!properties.contains_key("phase"));
         // Everything is optional; unknown fields are refused, as the handler does.

@@ -10,6 +10,7 @@
 //! * [`export`] — export packages (zip, or a directory) with a checksummed manifest.
 //! * [`jobs`] — training job records and their durable event log.
 //! * [`fs`] — the data directory itself: checks that it is writable.
+//! * [`tokens`] — tokens every node of a cluster accepts, as SHA-256 digests.
 //! * [`testing`] — throwaway databases for tests (a SQLite file, a PostgreSQL schema).
 
 pub mod artifacts;
@@ -20,6 +21,7 @@ pub mod jobs;
 pub mod models;
 pub mod queue;
 pub mod testing;
+pub mod tokens;
 
 pub use artifacts::{ArtifactStore, GcOptions, GcReason, GcRemoval, GcReport};
 pub use db::{Database, DatabaseTarget};

@@ -295,3 +295,21 @@ pub fn verify_export_zip(bytes: &[u8]) -> (serde_json::Value, usize) {
     }
     (manifest, checked)
 }
+
+/// The logits of a job's variant 0, read from `<jobs_dir>/<job id>/variant-0`, on a fixed batch:
+/// equal logits, bit for bit, mean equal weights. (The Burn record files themselves also carry
+/// parameter ids, which are not part of the weights and differ between a freshly built and a
+/// reloaded model.)
+pub fn variant_logits(jobs_dir: &Path, job_id: &str) -> Vec<f32> {
+    use grokforge_training_core::burn_tensor::{Int, Tensor, TensorData};
+    let device = grokforge_training_core::parse_device("cpu").unwrap();
+    let dir = jobs_dir.join(job_id).join("variant-0");
+    let (_, model) = grokforge_training_core::load_model(&dir, &device).unwrap();
+    let tokens: Vec<i64> = vec![0, 11, 3, 12, 5, 11, 9, 12];
+    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens, [2, 4]), &device);
+    model
+        .forward(input)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}

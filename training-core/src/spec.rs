@@ -166,6 +166,12 @@ impl Default for TrainSpec {
     }
 }
 
+/// The fields of a [`TrainSpec`] that name a file or directory on the machine that runs it.
+/// Only the machine's owner may set them (`grokforge train`); a spec that arrives over the
+/// network must leave them out, since they would let a client make the node read (`text`,
+/// `tokenizer`, `resume`) or write (`out`) a path of its choosing.
+pub const PATH_FIELDS: [&str; 4] = ["text", "tokenizer", "out", "resume"];
+
 /// The algorithmic task used when neither `dataset` nor `text` is given: the paper's.
 pub const DEFAULT_DATASET: &str = "mod-mul:97";
 
@@ -183,6 +189,21 @@ pub fn variant_scale(index: usize) -> f64 {
 }
 
 impl TrainSpec {
+    /// The [`PATH_FIELDS`] this spec sets, in that order.
+    pub fn path_fields_set(&self) -> Vec<&'static str> {
+        let set = [
+            self.text.is_some(),
+            self.tokenizer.is_some(),
+            self.out.is_some(),
+            self.resume.is_some(),
+        ];
+        PATH_FIELDS
+            .into_iter()
+            .zip(set)
+            .filter_map(|(field, set)| set.then_some(field))
+            .collect()
+    }
+
     /// Checks every setting, reporting the first problem with the field's name.
     pub fn validate(&self) -> Result<()> {
         if self.dataset.is_some() && self.text.is_some() {
@@ -367,6 +388,27 @@ mod tests {
         assert_eq!(spec, TrainSpec::default());
         let err = serde_json::from_str::<TrainSpec>(r#"{"batchsize": 3}"#).unwrap_err();
         assert!(err.to_string().contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn every_field_that_names_a_file_is_listed() {
+        assert!(TrainSpec::default().path_fields_set().is_empty());
+        let spec: TrainSpec = serde_json::from_str(
+            r#"{"text": "/etc/shadow", "tokenizer": "/t.json", "out": "/o", "resume": "/r"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.path_fields_set(), PATH_FIELDS);
+        // Every `PathBuf` field of the spec is one of them: a new one added without listing it
+        // here fails this test, because its JSON value would be a string path.
+        let json = serde_json::to_value(&spec).unwrap();
+        let strings: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, value)| value.as_str().is_some_and(|s| s.starts_with('/')))
+            .map(|(field, _)| field.as_str())
+            .collect();
+        assert_eq!(strings.len(), PATH_FIELDS.len(), "{strings:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod discovery;
 pub mod job_worker;
 pub mod model;
 pub mod monitoring;
+pub mod redis_bridge;
 pub mod training;
 pub mod websocket;
 

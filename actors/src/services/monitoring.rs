@@ -27,6 +27,31 @@ use crate::directory::{ServiceDirectory, names};
 use crate::events::{Event, HealthState};
 use crate::health::{Check, HealthReport, aggregate};
 use crate::metrics::NodeMetrics;
+use crate::services::redis_bridge::BridgeShared;
+
+/// Why a check did not pass: unhealthy, unless it says it is only degraded.
+pub struct CheckFailure {
+    state: HealthState,
+    reason: String,
+}
+
+impl CheckFailure {
+    pub fn degraded(reason: impl Into<String>) -> CheckFailure {
+        CheckFailure {
+            state: HealthState::Degraded,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<String> for CheckFailure {
+    fn from(reason: String) -> CheckFailure {
+        CheckFailure {
+            state: HealthState::Unhealthy,
+            reason,
+        }
+    }
+}
 
 /// Everything the checks need, cheap to clone into a check task.
 #[derive(Clone)]
@@ -35,7 +60,8 @@ pub struct HealthProbe {
     pub directory: ServiceDirectory,
     pub database: Database,
     pub data_dir: PathBuf,
-    pub redis: Option<redis::Client>,
+    /// The Redis bridge's status, in a cluster.
+    pub bridge: Option<BridgeShared>,
     /// Set by the gateway while it accepts connections.
     pub api_listening: Arc<AtomicBool>,
     pub timeout: Duration,
@@ -57,7 +83,7 @@ impl HealthProbe {
                 "websocket",
                 self.ping::<WebSocketHubMessage>(names::WEBSOCKET_HUB),
             ),
-            self.timed("monitoring", async { Ok(()) }),
+            self.timed("monitoring", async { Ok::<(), String>(()) }),
             self.timed("discovery", self.ping::<DiscoveryMessage>(names::DISCOVERY)),
             self.timed("api", self.api()),
             self.timed("database", self.database()),
@@ -71,10 +97,10 @@ impl HealthProbe {
         )
     }
 
-    fn timed<'a>(
+    fn timed<'a, E: Into<CheckFailure>>(
         &'a self,
         component: &'static str,
-        check: impl Future<Output = Result<(), String>> + Send + 'a,
+        check: impl Future<Output = Result<(), E>> + Send + 'a,
     ) -> BoxFuture<'a, (String, Check)> {
         Box::pin(async move {
             let started = Instant::now();
@@ -82,7 +108,14 @@ impl HealthProbe {
             let latency_ms = started.elapsed().as_millis() as u64;
             let check = match outcome {
                 Ok(Ok(())) => Check::healthy(latency_ms),
-                Ok(Err(reason)) => Check::unhealthy(reason, latency_ms),
+                Ok(Err(failure)) => {
+                    let failure = failure.into();
+                    Check {
+                        state: failure.state,
+                        reason: Some(failure.reason),
+                        latency_ms,
+                    }
+                }
                 Err(_) => Check::unhealthy(
                     format!("no answer within {} ms", self.timeout.as_millis()),
                     latency_ms,
@@ -119,28 +152,28 @@ impl HealthProbe {
             .map_err(|e| e.to_string())
     }
 
-    /// The in-process bus must answer; a configured Redis must answer PING too.
-    async fn broker(&self) -> Result<(), String> {
+    /// The in-process bus must answer. In a cluster the Redis bridge must be subscribed and
+    /// hearing its own heartbeat back: while it is not, the node works alone, degraded.
+    async fn broker(&self) -> Result<(), CheckFailure> {
         self.directory
             .call::<EventBusMessage, _, _>(names::EVENT_BUS, EventBusMessage::Ping, self.timeout)
             .await
             .map_err(|e| e.to_string())?;
-        let Some(client) = &self.redis else {
+        let Some(bridge) = &self.bridge else {
             return Ok(());
         };
-        let mut connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(format!("redis answered {pong:?} to PING"))
+        let status = bridge.status();
+        if status.healthy {
+            return Ok(());
         }
+        Err(CheckFailure::degraded(format!(
+            "{}; working alone, {} envelope(s) waiting in the outbox",
+            status
+                .reason
+                .as_deref()
+                .unwrap_or("redis bridge not connected"),
+            status.outbox
+        )))
     }
 }
 

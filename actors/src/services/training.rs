@@ -26,14 +26,16 @@ use grokforge_training_core::{Device, Phase, PhaseError, PhaseOutcome, PhaseStat
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Pingable;
+use super::discovery::Membership;
 use super::job_worker::{JobRun, JobWorker, WorkerReport};
 use super::model::ModelServiceMessage;
 use crate::bus::Publisher;
 use crate::directory::{ServiceDirectory, names};
-use crate::events::Event;
+use crate::events::{Event, Topic};
 use crate::metrics::NodeMetrics;
 
 pub struct TrainingService;
@@ -44,6 +46,17 @@ pub enum TrainingError {
     Phase(#[from] PhaseError),
     #[error("invalid training spec: {0}")]
     InvalidSpec(String),
+    /// One setting of the spec is invalid; `field` names it as the request spells it.
+    #[error("{detail}")]
+    InvalidField { field: &'static str, detail: String },
+    /// The spec names a file on the server (`text`, `tokenizer`, `out`, `resume`). Jobs that
+    /// reach the queue come from the network; the node alone decides which files a job reads
+    /// and writes.
+    #[error(
+        "`{field}` names a file on the server, which a request may not do; \
+         upload a corpus with POST /datasets and refer to it with `dataset`"
+    )]
+    PathField { field: &'static str },
     #[error("job {0} not found")]
     JobNotFound(Uuid),
     #[error("storage: {0}")]
@@ -82,6 +95,16 @@ pub enum TrainingServiceMessage {
     PhaseStatus(Phase, RpcReplyPort<Result<PhaseSummary, TrainingError>>),
     /// Internal: renew leases, notice cancel requests, claim work.
     Tick,
+    /// Internal: the registry save of a completed run finished (in a task of its own).
+    Registered {
+        job_id: Uuid,
+        attempt: u32,
+        result: Result<(Vec<Uuid>, Option<Uuid>), String>,
+    },
+    /// Internal: another node announced a cancel request on the bus.
+    CancelAnnounced(Uuid),
+    /// Internal: another node announced a job waiting in the queue.
+    QueuedElsewhere,
     /// Internal: a worker's report.
     Worker {
         job_id: Uuid,
@@ -114,6 +137,11 @@ pub struct Arguments {
     pub metrics: NodeMetrics,
     /// How often leases are renewed and the queue is polled.
     pub tick: Duration,
+    /// How long a shutdown waits for the workers to stop and write their checkpoints.
+    pub stop_workers_within: Duration,
+    /// The live nodes (for the rendezvous preference) and where this service says which
+    /// jobs it runs (for discovery).
+    pub membership: Membership,
 }
 
 struct RunningJob {
@@ -136,7 +164,12 @@ impl RunningJob {
 pub struct TrainingServiceState {
     args: Arguments,
     running: HashMap<Uuid, RunningJob>,
+    /// Runs whose training ended and whose models are being saved to the registry, by job id
+    /// (with the attempt). Their leases are renewed, and they hold their slot, until then.
+    registering: HashMap<Uuid, u32>,
     ticker: Option<JoinHandle<()>>,
+    /// Ends the task that listens to the other nodes on the bus (cancel requests, queued jobs).
+    bus_listener: CancellationToken,
 }
 
 impl Actor for TrainingService {
@@ -159,10 +192,37 @@ impl Actor for TrainingService {
         }
         let ticker = myself.send_interval(args.tick, || TrainingServiceMessage::Tick);
         let _ = myself.cast(TrainingServiceMessage::Tick);
+        // A cancel recorded on another node reaches this one over the bus, so the worker stops
+        // at its next step rather than at the next lease renewal; a job queued elsewhere is
+        // claimed at once by a node with room.
+        let bus_listener = CancellationToken::new();
+        let (directory, stop, me) = (args.directory.clone(), bus_listener.clone(), myself.clone());
+        let node_id = args.node_id.clone();
+        tokio::spawn(async move {
+            crate::bus::follow(
+                &directory,
+                "training_service/coordination",
+                vec![Topic::Coordination],
+                1024,
+                &stop,
+                |envelope| match envelope.event {
+                    Event::CancelRequested { job_id } => {
+                        let _ = me.cast(TrainingServiceMessage::CancelAnnounced(job_id));
+                    }
+                    Event::JobQueued { .. } if envelope.source_node != node_id => {
+                        let _ = me.cast(TrainingServiceMessage::QueuedElsewhere);
+                    }
+                    _ => {}
+                },
+            )
+            .await;
+        });
         Ok(TrainingServiceState {
             args,
             running: HashMap::new(),
+            registering: HashMap::new(),
             ticker: Some(ticker),
+            bus_listener,
         })
     }
 
@@ -174,19 +234,57 @@ impl Actor for TrainingService {
         if let Some(ticker) = state.ticker.take() {
             ticker.abort();
         }
-        // Running jobs stop at their next step and write a checkpoint; their rows stay
-        // `running` under this node, so the next boot (or another node, once the lease
-        // expires) resumes them.
-        let workers: Vec<JobWorker> = state.running.drain().map(|(_, job)| job.worker).collect();
-        let deadline = state.args.settings.lease_duration();
-        let _ = tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                if !worker.stop(deadline) {
-                    tracing::warn!("a training thread did not stop in time");
+        state.bus_listener.cancel();
+        // Running jobs stop at their next step and write a checkpoint, then go back to the
+        // queue at once (`interrupted`, no owner), so another node resumes them without
+        // waiting for the lease to expire. A job whose thread did not stop in time keeps its
+        // row `running` under this node: its lease expires, or the next boot reclaims it.
+        let (ids, workers): (Vec<Uuid>, Vec<JobWorker>) = state
+            .running
+            .drain()
+            .map(|(id, job)| (id, job.worker))
+            .unzip();
+        let deadline = state.args.stop_workers_within;
+        let stopped = tokio::task::spawn_blocking(move || {
+            workers
+                .into_iter()
+                .map(|worker| worker.stop(deadline))
+                .collect::<Vec<bool>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (id, stopped) in ids.into_iter().zip(stopped) {
+            if !stopped {
+                tracing::warn!(job_id = %id, "a training thread did not stop in time");
+                continue;
+            }
+            let released = state
+                .args
+                .jobs
+                .finish(
+                    id,
+                    &state.args.node_id,
+                    Finish::Interrupted {
+                        reason: "interrupted: its node shut down; resumed from its checkpoint"
+                            .into(),
+                    },
+                )
+                .await;
+            match released {
+                Ok(job) => {
+                    tracing::info!(job_id = %id, status = %job.status.as_str(), "job released for another node");
+                    if job.status == JobStatus::Interrupted {
+                        state.args.publisher.publish(Event::JobQueued {
+                            job_id: id,
+                            phase: job.phase,
+                        });
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = %id, %error, "cannot release the job; its lease will expire")
                 }
             }
-        })
-        .await;
+        }
         Ok(())
     }
 
@@ -242,6 +340,23 @@ impl Actor for TrainingService {
             TrainingServiceMessage::PhaseStatus(phase, reply) => {
                 let _ = reply.send(state.phase_status(phase).await);
             }
+            TrainingServiceMessage::Registered {
+                job_id,
+                attempt,
+                result,
+            } => {
+                if state.registering.remove(&job_id) == Some(attempt) {
+                    state.conclude(job_id, attempt, result).await;
+                    state.fill(&myself).await;
+                }
+            }
+            TrainingServiceMessage::QueuedElsewhere => state.fill(&myself).await,
+            TrainingServiceMessage::CancelAnnounced(job_id) => {
+                if let Some(job) = state.running.get(&job_id) {
+                    tracing::info!(%job_id, "cancel requested elsewhere in the cluster; stopping");
+                    job.worker.cancel();
+                }
+            }
             TrainingServiceMessage::Tick => {
                 state.renew().await;
                 state.fill(&myself).await;
@@ -255,6 +370,16 @@ impl Actor for TrainingService {
             }
             TrainingServiceMessage::Crash(why) => panic!("{why}"),
         }
+        let running = &state.running;
+        state.args.membership.running_jobs.send_if_modified(|jobs| {
+            let mut now: Vec<Uuid> = running.keys().copied().collect();
+            now.sort();
+            let changed = *jobs != now;
+            if changed {
+                *jobs = now;
+            }
+            changed
+        });
         Ok(())
     }
 }
@@ -267,13 +392,22 @@ impl TrainingServiceState {
         priority: i64,
     ) -> Result<JobRecord, TrainingError> {
         grokforge_training_core::recipe_for(phase)?;
+        if let Some(field) = spec.path_fields_set().first() {
+            return Err(TrainingError::PathField { field });
+        }
         let mut spec = TrainSpec { phase, ..spec };
-        // The node decides where its jobs run and where their files go.
-        spec.out = None;
-        spec.resume = None;
+        // The node decides which device its jobs run on (where their files go is decided
+        // when a worker starts: `<data_dir>/jobs/<id>`).
         spec.device = self.args.settings.device.clone();
-        spec.validate()
-            .map_err(|e| TrainingError::InvalidSpec(e.to_string()))?;
+        spec.validate().map_err(|e| match e {
+            grokforge_training_core::Error::InvalidSetting { field, .. } => {
+                TrainingError::InvalidField {
+                    field,
+                    detail: e.to_string(),
+                }
+            }
+            other => TrainingError::InvalidSpec(other.to_string()),
+        })?;
         let spec =
             serde_json::to_value(&spec).map_err(|e| TrainingError::InvalidSpec(e.to_string()))?;
         let job = self
@@ -287,6 +421,10 @@ impl TrainingServiceState {
             })
             .await?;
         tracing::info!(job_id = %job.id, %phase, priority, "job queued");
+        self.args.publisher.publish(Event::JobQueued {
+            job_id: job.id,
+            phase: job.phase.clone(),
+        });
         self.args
             .metrics
             .jobs_total
@@ -306,8 +444,15 @@ impl TrainingServiceState {
     async fn cancel(&mut self, id: Uuid) -> Result<JobRecord, TrainingError> {
         self.get(id).await?;
         let job = self.args.jobs.request_cancel(id).await?;
-        if let Some(running) = self.running.get(&id) {
-            running.worker.cancel();
+        match self.running.get(&id) {
+            Some(running) => running.worker.cancel(),
+            // Running elsewhere: tell its node now.
+            None if job.status == JobStatus::Running => {
+                self.args
+                    .publisher
+                    .publish(Event::CancelRequested { job_id: id });
+            }
+            None => {}
         }
         if job.status == JobStatus::Cancelled && !self.running.contains_key(&id) {
             self.emit(
@@ -354,7 +499,12 @@ impl TrainingServiceState {
     /// Renews the lease of every running job; stops a job whose lease was lost or whose cancel
     /// was requested (possibly by another node).
     async fn renew(&mut self) {
-        let ids: Vec<Uuid> = self.running.keys().copied().collect();
+        let ids: Vec<Uuid> = self
+            .running
+            .keys()
+            .chain(self.registering.keys())
+            .copied()
+            .collect();
         for id in ids {
             let renewal = self
                 .args
@@ -375,6 +525,7 @@ impl TrainingServiceState {
                     if let Some(job) = self.running.remove(&id) {
                         job.worker.cancel();
                     }
+                    self.registering.remove(&id);
                 }
                 Err(error) => tracing::warn!(job_id = %id, %error, "cannot renew lease"),
             }
@@ -383,8 +534,8 @@ impl TrainingServiceState {
 
     /// Claims queued jobs while there is room.
     async fn fill(&mut self, myself: &ActorRef<TrainingServiceMessage>) {
-        while self.running.len() < self.args.settings.max_concurrent_jobs {
-            let live = vec![self.args.node_id.clone()];
+        while self.running.len() + self.registering.len() < self.args.settings.max_concurrent_jobs {
+            let live = self.args.membership.live.borrow().clone();
             let claimed = self
                 .args
                 .jobs
@@ -625,7 +776,7 @@ impl TrainingServiceState {
                     running.worker.stop(Duration::from_secs(5))
                 })
                 .await;
-                self.finish(job_id, attempt, phase, last_step, outcome)
+                self.finish(myself, job_id, attempt, phase, last_step, outcome)
                     .await;
                 self.fill(myself).await;
             }
@@ -634,6 +785,7 @@ impl TrainingServiceState {
 
     async fn finish(
         &mut self,
+        myself: &ActorRef<TrainingServiceMessage>,
         job_id: Uuid,
         attempt: u32,
         phase: Phase,
@@ -643,7 +795,23 @@ impl TrainingServiceState {
         let node = self.args.node_id.clone();
         let outcome = match outcome {
             Ok(outcome) => match outcome.status {
-                PhaseStatus::Completed => self.register_models(job_id, phase, &outcome).await,
+                PhaseStatus::Completed => {
+                    // Saving to the registry waits on the ModelService (and its database)
+                    // for as long as it takes: in a task, so this mailbox keeps renewing the
+                    // leases of the other jobs meanwhile.
+                    self.registering.insert(job_id, attempt);
+                    let directory = self.args.directory.clone();
+                    let myself = myself.clone();
+                    tokio::spawn(async move {
+                        let result = register_models(&directory, job_id, phase, &outcome).await;
+                        let _ = myself.cast(TrainingServiceMessage::Registered {
+                            job_id,
+                            attempt,
+                            result,
+                        });
+                    });
+                    return;
+                }
                 PhaseStatus::Cancelled { .. } => {
                     self.emit(
                         job_id,
@@ -668,6 +836,17 @@ impl TrainingServiceState {
             },
             Err(error) => Err(error),
         };
+        self.conclude(job_id, attempt, outcome).await;
+    }
+
+    /// Records how a run ended: completed with its models, or failed.
+    async fn conclude(
+        &mut self,
+        job_id: Uuid,
+        attempt: u32,
+        outcome: Result<(Vec<Uuid>, Option<Uuid>), String>,
+    ) {
+        let node = self.args.node_id.clone();
         match outcome {
             Ok((model_ids, winner)) => {
                 self.emit(
@@ -721,89 +900,85 @@ impl TrainingServiceState {
             }
         }
     }
+}
 
-    /// Saves every variant in the registry through the ModelService, marks the winner and
-    /// hands the winner over to the next phase.
-    async fn register_models(
-        &self,
-        job_id: Uuid,
-        phase: Phase,
-        outcome: &PhaseOutcome,
-    ) -> Result<(Vec<Uuid>, Option<Uuid>), String> {
-        let timeout = Duration::from_secs(60);
-        let mut model_ids = Vec::new();
-        let mut winner = None;
-        for variant in &outcome.variants {
-            let dir = variant
-                .dir
-                .clone()
-                .ok_or("the recipe kept no files for a variant")?;
-            let files = tokio::task::spawn_blocking(move || read_variant_files(&dir))
-                .await
-                .map_err(|e| e.to_string())??;
-            let model = grokforge_storage::models::NewModel {
-                name: variant.name.clone(),
-                phase: phase.to_string(),
-                parent_ids: Vec::new(),
-                job_id: Some(job_id),
-                format: "burn-record".into(),
-                config: serde_json::to_value(&variant.config).map_err(|e| e.to_string())?,
-                metrics: serde_json::json!({
-                    "steps": variant.steps,
-                    "num_params": variant.num_params,
-                    "final_eval": variant.final_eval,
-                    "reached_target_at_step": variant.history.reached_target_at_step,
-                }),
-                tags: vec![phase.to_string()],
-                files,
-            };
-            let saved = self
-                .args
-                .directory
-                .call::<ModelServiceMessage, _, _>(
-                    names::MODEL_SERVICE,
-                    |reply| ModelServiceMessage::Save(Box::new(model), reply),
-                    timeout,
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("saving {}: {e}", variant.name))?;
-            if variant.winner {
-                winner = Some(saved.id);
-            }
-            model_ids.push(saved.id);
+/// Saves a completed run's variants to the registry through the ModelService, marks the
+/// winner and records the handoff to the next phase.
+async fn register_models(
+    directory: &ServiceDirectory,
+    job_id: Uuid,
+    phase: Phase,
+    outcome: &PhaseOutcome,
+) -> Result<(Vec<Uuid>, Option<Uuid>), String> {
+    let timeout = Duration::from_secs(60);
+    let mut model_ids = Vec::new();
+    let mut winner = None;
+    for variant in &outcome.variants {
+        let dir = variant
+            .dir
+            .clone()
+            .ok_or("the recipe kept no files for a variant")?;
+        let files = tokio::task::spawn_blocking(move || read_variant_files(&dir))
+            .await
+            .map_err(|e| e.to_string())??;
+        let model = grokforge_storage::models::NewModel {
+            name: variant.name.clone(),
+            phase: phase.to_string(),
+            parent_ids: Vec::new(),
+            job_id: Some(job_id),
+            format: "burn-record".into(),
+            config: serde_json::to_value(&variant.config).map_err(|e| e.to_string())?,
+            metrics: serde_json::json!({
+                "steps": variant.steps,
+                "num_params": variant.num_params,
+                "final_eval": variant.final_eval,
+                "reached_target_at_step": variant.history.reached_target_at_step,
+            }),
+            tags: vec![phase.to_string()],
+            files,
+        };
+        let saved = directory
+            .call::<ModelServiceMessage, _, _>(
+                names::MODEL_SERVICE,
+                |reply| ModelServiceMessage::Save(Box::new(model), reply),
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("saving {}: {e}", variant.name))?;
+        if variant.winner {
+            winner = Some(saved.id);
         }
-        if let Some(winner) = winner {
-            self.args
-                .directory
-                .call::<ModelServiceMessage, _, _>(
-                    names::MODEL_SERVICE,
-                    |reply| ModelServiceMessage::MarkWinner(winner, reply),
-                    timeout,
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("marking the winner: {e}"))?;
-            if let Some(next) = next_phase(phase) {
-                self.args
-                    .directory
-                    .call::<ModelServiceMessage, _, _>(
-                        names::MODEL_SERVICE,
-                        |reply| ModelServiceMessage::Handoff {
-                            from_phase: phase.to_string(),
-                            to_phase: next.to_string(),
-                            model_ids: vec![winner],
-                            reply,
-                        },
-                        timeout,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("recording the handoff: {e}"))?;
-            }
-        }
-        Ok((model_ids, winner))
+        model_ids.push(saved.id);
     }
+    if let Some(winner) = winner {
+        directory
+            .call::<ModelServiceMessage, _, _>(
+                names::MODEL_SERVICE,
+                |reply| ModelServiceMessage::MarkWinner(winner, reply),
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("marking the winner: {e}"))?;
+        if let Some(next) = next_phase(phase) {
+            directory
+                .call::<ModelServiceMessage, _, _>(
+                    names::MODEL_SERVICE,
+                    |reply| ModelServiceMessage::Handoff {
+                        from_phase: phase.to_string(),
+                        to_phase: next.to_string(),
+                        model_ids: vec![winner],
+                        reply,
+                    },
+                    timeout,
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("recording the handoff: {e}"))?;
+        }
+    }
+    Ok((model_ids, winner))
 }
 
 /// The phase that takes a phase's models, in the Agent Forge pipeline's order.
