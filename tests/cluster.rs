@@ -863,3 +863,51 @@ async fn a_registry_save_that_hangs_never_starves_the_other_jobs_lease() {
     assert_eq!(long_job["attempts"], 1, "never lost its lease: {long_job}");
     cluster.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_is_one_alert_for_the_whole_cluster() {
+    let mut cluster = Cluster::start(3, &redis_url()).await;
+    cluster.converge().await;
+    let mut watchers = Vec::new();
+    for index in [0, 1] {
+        let mut watcher = WsClient::connect(&cluster.base(index)).await;
+        watcher.subscribe("admin_alerts", None).await;
+        watchers.push(watcher);
+    }
+    let mut dead = cluster.nodes[2].take().unwrap();
+    assert!(
+        !dead
+            .signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+            .success()
+    );
+    drop(dead);
+
+    // Each survivor's clients hear of it once: one node speaks for the cluster (if the dead
+    // node held the monitoring lease, a survivor takes it over and announces it then).
+    for watcher in &mut watchers {
+        let frame = watcher.next_json(Duration::from_secs(15)).await;
+        assert_eq!(frame["type"], "alert_raised", "{frame}");
+        assert_eq!(frame["data"]["rule"], "node_left");
+        assert_eq!(frame["data"]["labels"]["node"], "node-2");
+    }
+    // And not again from the other survivor: nothing more within a lease's lifetime and then
+    // some (the only bounded wait in this file: it proves an absence).
+    for watcher in &mut watchers {
+        let more = tokio::time::timeout(
+            Duration::from_secs(4),
+            watcher.next_json(Duration::from_secs(60)),
+        )
+        .await;
+        assert!(more.is_err(), "a second alert: {more:?}");
+    }
+    let alerts = get_json(&format!("{}/alerts", cluster.base(0))).await;
+    assert!(
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "node_left" && a["labels"]["node"] == "node-2"),
+        "{alerts}"
+    );
+    cluster.cleanup().await;
+}

@@ -37,13 +37,34 @@ impl HealthState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered: `info` < `warning` < `critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertSeverity {
     Info,
     Warning,
     Critical,
+}
+
+impl AlertSeverity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertSeverity::Info => "info",
+            AlertSeverity::Warning => "warning",
+            AlertSeverity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<AlertSeverity> {
+        [
+            AlertSeverity::Info,
+            AlertSeverity::Warning,
+            AlertSeverity::Critical,
+        ]
+        .into_iter()
+        .find(|severity| severity.as_str() == name)
+    }
 }
 
 /// Everything that happens on a node that someone outside the emitting actor may care about.
@@ -89,6 +110,10 @@ pub enum Event {
         job_id: Uuid,
         attempt: u32,
         error: String,
+        /// Whether the job goes back to the queue for another attempt; `false` when it failed
+        /// for good (attempts used up, or a run that would fail the same way again).
+        #[serde(default)]
+        will_retry: bool,
     },
     TrainingCancelled {
         job_id: Uuid,
@@ -118,11 +143,10 @@ pub enum Event {
         to: HealthState,
         reason: Option<String>,
     },
-    AlertRaised {
-        rule: String,
-        severity: AlertSeverity,
-        message: String,
-    },
+    /// An alert fired (see [`crate::alerts`]).
+    AlertRaised(crate::alerts::Alert),
+    /// A firing alert's condition cleared.
+    AlertResolved(crate::alerts::Alert),
     NodeJoined {
         node_id: String,
         address: Option<String>,
@@ -210,7 +234,8 @@ impl Event {
             Event::ModelSaved { .. } => "model_saved",
             Event::ModelHandoff { .. } => "model_handoff",
             Event::ServiceHealthChanged { .. } => "service_health_changed",
-            Event::AlertRaised { .. } => "alert_raised",
+            Event::AlertRaised(_) => "alert_raised",
+            Event::AlertResolved(_) => "alert_resolved",
             Event::NodeJoined { .. } => "node_joined",
             Event::NodeLeft { .. } => "node_left",
         }
@@ -250,7 +275,7 @@ impl Event {
             | Event::TrainingCancelled { .. } => Topic::TrainingUpdates,
             Event::JobQueued { .. } | Event::CancelRequested { .. } => Topic::Coordination,
             Event::ModelSaved { .. } | Event::ModelHandoff { .. } => Topic::ModelUpdates,
-            Event::AlertRaised { .. } => Topic::AdminAlerts,
+            Event::AlertRaised(_) | Event::AlertResolved(_) => Topic::AdminAlerts,
             Event::ServiceHealthChanged { .. }
             | Event::NodeJoined { .. }
             | Event::NodeLeft { .. } => Topic::Health,
@@ -400,6 +425,7 @@ mod tests {
                 job_id,
                 attempt: 3,
                 error: "loss is NaN at step 7".into(),
+                will_retry: false,
             },
             Event::TrainingCancelled { job_id, step: 9 },
             Event::CancelRequested { job_id },
@@ -422,11 +448,24 @@ mod tests {
                 to: HealthState::Unhealthy,
                 reason: Some("database: connection refused".into()),
             },
-            Event::AlertRaised {
+            Event::AlertRaised(crate::alerts::Alert {
+                id: Uuid::now_v7(),
                 rule: "restart_storm".into(),
                 severity: AlertSeverity::Critical,
-                message: "model_service restarted 5 times".into(),
-            },
+                labels: [("actor".to_string(), "model_service".to_string())].into(),
+                summary: "model_service restarted 5 times".into(),
+                started_at: Utc::now(),
+                resolved_at: None,
+            }),
+            Event::AlertResolved(crate::alerts::Alert {
+                id: Uuid::now_v7(),
+                rule: "node_left".into(),
+                severity: AlertSeverity::Warning,
+                labels: [("node".to_string(), "n2".to_string())].into(),
+                summary: "node n2 left".into(),
+                started_at: Utc::now(),
+                resolved_at: Some(Utc::now()),
+            }),
             Event::NodeJoined {
                 node_id: "n1".into(),
                 address: Some("127.0.0.1:8080".into()),

@@ -5,6 +5,8 @@
 //!   backoff, OTP restart intensity that escalates a storm into a node exit.
 //! * [`services`] — one actor per file: ModelService, TrainingService, MonitoringService,
 //!   WebSocketHub, Discovery, and RedisBridge in a cluster.
+//! * [`alerts`] — alert rules with Alertmanager's semantics (`for`, one alert per incident,
+//!   resolved when it clears), evaluated by the MonitoringService; [`webhooks`] delivers them.
 //! * [`bus`] and [`events`] — the `Event` vocabulary, its envelope and wire encodings, and the
 //!   local EventBus with bounded per-subscriber queues.
 //! * [`cluster`] — what nodes say to each other through Redis: signed frames (HMAC-SHA256 under
@@ -16,6 +18,7 @@
 //! * [`resilience`] — circuit breaker and retry with an injectable clock.
 //! * [`metrics`] — the node's Prometheus registry and the internal events that feed it.
 
+pub mod alerts;
 pub mod bus;
 pub mod cluster;
 pub mod directory;
@@ -26,6 +29,7 @@ pub mod node;
 pub mod resilience;
 pub mod services;
 pub mod supervisor;
+pub mod webhooks;
 
 // The gateway speaks in the storage's and the training core's types (job records, phases,
 // train specs) without depending on those crates itself.

@@ -51,6 +51,10 @@ pub struct NodeMetrics {
     pub cluster_messages_dropped_total: IntCounterVec,
     /// Live nodes of the cluster as discovery sees them (1 without a broker).
     pub cluster_nodes: IntGauge,
+    /// Alerts firing now, by rule and severity (those this node speaks for).
+    pub alerts_firing: IntGaugeVec,
+    /// Alert webhook deliveries by outcome (`delivered`, `failed`, `dropped`).
+    pub webhook_deliveries_total: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -222,8 +226,27 @@ impl NodeMetrics {
         )
         .expect("static metric definition");
 
+        let alerts_firing = IntGaugeVec::new(
+            Opts::new(
+                "grokforge_alerts_firing",
+                "Alerts firing now, by rule and severity",
+            ),
+            &["rule", "severity"],
+        )
+        .expect("static metric definition");
+        let webhook_deliveries_total = IntCounterVec::new(
+            Opts::new(
+                "grokforge_webhook_deliveries_total",
+                "Alert webhook deliveries by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+
         for collector in [
             Box::new(actor_restarts_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alerts_firing.clone()),
+            Box::new(webhook_deliveries_total.clone()),
             Box::new(cluster_messages_total.clone()),
             Box::new(cluster_messages_dropped_total.clone()),
             Box::new(cluster_nodes.clone()),
@@ -275,6 +298,8 @@ impl NodeMetrics {
             cluster_messages_total,
             cluster_messages_dropped_total,
             cluster_nodes,
+            alerts_firing,
+            webhook_deliveries_total,
         }
     }
 

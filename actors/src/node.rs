@@ -178,6 +178,15 @@ impl Node {
             interval: settings.monitoring.health_check_interval(),
             publisher: publisher(names::MONITORING_SERVICE),
             metrics: metrics.clone(),
+            rules: crate::alerts::rules_from_settings(&settings.monitoring.alerts),
+            webhooks: settings.monitoring.webhooks.clone(),
+            lease: cluster
+                .as_ref()
+                .map(|(client, _)| monitoring::MonitoringLease {
+                    client: client.clone(),
+                    key: format!("{}:monitoring-lease", broker.channel),
+                    ttl: Duration::from_secs(3),
+                }),
         };
         let gateway = &settings.gateway;
         let hub_args = websocket::Arguments {

@@ -24,7 +24,8 @@ pub use manager::{
     MessageBrokerConfig, SERVICE_NAMES, ServiceConfig,
 };
 pub use settings::{
-    BrokerSettings, DatabaseSettings, DiscoverySettings, GatewaySettings, MonitoringSettings,
-    NodeSettings, Role, Settings, StorageSettings, TokenSettings, TrainingSettings,
+    ALERT_RULES, ALERT_SEVERITIES, AlertRuleSettings, BrokerSettings, DatabaseSettings,
+    DiscoverySettings, GatewaySettings, MonitoringSettings, NodeSettings, Role, Settings,
+    StorageSettings, TokenSettings, TrainingSettings, WebhookSettings,
 };
 pub use validate::MIN_CLUSTER_SECRET_BYTES;

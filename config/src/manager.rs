@@ -25,7 +25,7 @@ pub const SERVICE_NAMES: &[&str] = &[
 pub const ACTOR_MAILBOX_CAPACITY: usize = 1024;
 
 /// Read-only views over validated [`Settings`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConfigManager {
     settings: Settings,
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// All settings of one node. Build it with [`Settings::load`], which layers defaults, a TOML file
 /// and the environment, then validates the result.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub node: NodeSettings,
@@ -340,12 +340,79 @@ impl TrainingSettings {
     }
 }
 
-/// Health checks over the node's services.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// Health checks over the node's services, alert rules and where alerts go.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringSettings {
     pub health_check_interval_ms: u64,
     pub health_check_timeout_ms: u64,
+    /// Changes to the built-in alert rules, one entry per rule (by `rule` name).
+    pub alerts: Vec<AlertRuleSettings>,
+    /// HTTP endpoints every alert at or above their `min_severity` is POSTed to.
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+/// The alert rules there are (`[[monitoring.alerts]]` `rule = …`).
+pub const ALERT_RULES: [&str; 9] = [
+    "job_failed",
+    "training_diverged",
+    "job_stalled",
+    "service_unhealthy",
+    "breaker_open",
+    "restart_storm",
+    "events_dropped",
+    "disk_low",
+    "node_left",
+];
+
+/// Alert severities, lowest first.
+pub const ALERT_SEVERITIES: [&str; 3] = ["info", "warning", "critical"];
+
+/// One rule's settings; what is left out keeps the built-in value.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleSettings {
+    /// One of [`ALERT_RULES`].
+    pub rule: String,
+    pub enabled: Option<bool>,
+    /// How long the condition must hold before the alert fires.
+    pub for_ms: Option<u64>,
+    /// One of [`ALERT_SEVERITIES`].
+    pub severity: Option<String>,
+    /// The rule's number: the loss multiple (`training_diverged`), seconds without progress
+    /// (`job_stalled`), restarts per minute (`restart_storm`), drops per second
+    /// (`events_dropped`), the free share (`disk_low`).
+    pub threshold: Option<f64>,
+    /// For incidents seen in one event (`job_failed`, `training_diverged`, `node_left`,
+    /// `restart_storm`): how long the alert stays firing.
+    pub keep_firing_for_ms: Option<u64>,
+}
+
+/// A webhook for alerts.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// Key of the `X-Grokforge-Signature: sha256=<hex>` HMAC-SHA256 over the body.
+    pub secret: String,
+    /// Alerts below it are not sent; default `warning`.
+    #[serde(default = "default_min_severity")]
+    pub min_severity: String,
+}
+
+fn default_min_severity() -> String {
+    "warning".to_string()
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &redact_url(&self.url))
+            .field("secret", &REDACTED)
+            .field("min_severity", &self.min_severity)
+            .finish()
+    }
 }
 
 impl Default for MonitoringSettings {
@@ -353,6 +420,8 @@ impl Default for MonitoringSettings {
         Self {
             health_check_interval_ms: 5_000,
             health_check_timeout_ms: 1_000,
+            alerts: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }

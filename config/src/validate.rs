@@ -174,6 +174,63 @@ impl Settings {
             "monitoring.health_check_timeout_ms",
             monitoring.health_check_timeout_ms,
         );
+        let mut named = std::collections::BTreeSet::new();
+        for (index, rule) in monitoring.alerts.iter().enumerate() {
+            let key = format!("monitoring.alerts[{index}]");
+            if !crate::settings::ALERT_RULES.contains(&rule.rule.as_str()) {
+                problems.push(
+                    format!("{key}.rule"),
+                    format!(
+                        "unknown rule `{}`; the rules are {}",
+                        rule.rule,
+                        crate::settings::ALERT_RULES.join(", ")
+                    ),
+                );
+            } else if !named.insert(rule.rule.as_str()) {
+                problems.push(
+                    format!("{key}.rule"),
+                    format!("`{}` is configured twice", rule.rule),
+                );
+            }
+            if let Some(severity) = &rule.severity
+                && !crate::settings::ALERT_SEVERITIES.contains(&severity.as_str())
+            {
+                problems.push(
+                    format!("{key}.severity"),
+                    format!(
+                        "must be one of {}, found `{severity}`",
+                        crate::settings::ALERT_SEVERITIES.join(", ")
+                    ),
+                );
+            }
+            if let Some(threshold) = rule.threshold
+                && !(threshold.is_finite() && threshold >= 0.0)
+            {
+                problems.push(
+                    format!("{key}.threshold"),
+                    format!("must be ≥ 0, found {threshold}"),
+                );
+            }
+        }
+        for (index, webhook) in monitoring.webhooks.iter().enumerate() {
+            let key = format!("monitoring.webhooks[{index}]");
+            problems.scheme(
+                &format!("{key}.url"),
+                &webhook.url,
+                &["http://", "https://"],
+            );
+            problems.non_blank(&format!("{key}.secret"), &webhook.secret);
+            if !crate::settings::ALERT_SEVERITIES.contains(&webhook.min_severity.as_str()) {
+                problems.push(
+                    format!("{key}.min_severity"),
+                    format!(
+                        "must be one of {}, found `{}`",
+                        crate::settings::ALERT_SEVERITIES.join(", "),
+                        webhook.min_severity
+                    ),
+                );
+            }
+        }
         // A check that may outlive its interval would overlap the next one.
         if monitoring.health_check_timeout_ms >= monitoring.health_check_interval_ms {
             problems.push(

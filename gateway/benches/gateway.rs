@@ -20,6 +20,11 @@
 //!    Then the same request through the gateway's filters without sockets (warp's test client),
 //!    which resolves the gateway's own work per request below the noise of the TCP comparison.
 //!
+//! 4. With `BENCH_ONLY=cluster`: two nodes on one Redis, cross-node against in-node event latency
+//!    and envelopes/s through one bridge (see [`cluster`]); with `BENCH_ONLY=bare`: the node's
+//!    in-node latency against a bare tokio-tungstenite broadcast server (see
+//!    [`bare_against_node`]).
+//!
 //! Knobs (environment): `BENCH_SUBSCRIBERS` (1000), `BENCH_RATE` (events/s, 1000),
 //! `BENCH_SECONDS` (5; also the length of one `GET /models` round), `BENCH_HTTP_CONCURRENCY`
 //! (32), `BENCH_HTTP_ROUNDS` (7), `BENCH_FILTER_REQUESTS` (20000), `BENCH_ONLY` (`events` or
@@ -131,12 +136,35 @@ async fn run() {
     let mut settings = Settings::default();
     settings.node.data_dir = data.path().to_path_buf();
     settings.gateway.ws_max_connections = 100_000;
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only == "cluster" {
+        return cluster(settings, seconds).await;
+    }
     let device = parse_device("cpu").unwrap();
     let node = Node::start(settings, device, Duration::from_secs(30))
         .await
         .unwrap();
+    let state = gateway_state(&node, data.path().join("artifacts"));
+    let routes_state = state.clone();
+    let address = serve_gateway(&node, state);
+
+    train_some_models(&node).await;
+    if only == "bare" {
+        return bare_against_node(&node, address, subscribers, rate, seconds).await;
+    }
+    if only.is_empty() || only == "events" {
+        latency(&node, address, subscribers, rate, seconds).await;
+        saturation(&node, address, subscribers, seconds).await;
+    }
+    if only.is_empty() || only == "models" {
+        models_route(address, concurrency, seconds).await;
+        filter_cost(routes_state).await;
+    }
+}
+
+fn gateway_state(node: &Node, artifacts_dir: std::path::PathBuf) -> GatewayState {
     let metrics = node.metrics.clone();
-    let state = GatewayState {
+    GatewayState {
         node_id: node.node_id.clone(),
         directory: node.directory.clone(),
         metrics: metrics.clone(),
@@ -144,7 +172,7 @@ async fn run() {
         health_timeout: Duration::from_secs(2),
         shutting_down: Default::default(),
         max_body_bytes: 1 << 20,
-        artifacts_dir: data.path().join("artifacts"),
+        artifacts_dir,
         tokens: Arc::new(Tokens::new(
             &[TokenSettings {
                 token: TOKEN.into(),
@@ -160,9 +188,12 @@ async fn run() {
         breakers: Breakers::new(BreakerConfig::default(), &metrics),
         shutdown: Default::default(),
         model_lists: ListBodies::new(node.model_lists.clone()),
-    };
-    let routes_state = state.clone();
-    // The node's own listener settings (TCP_NODELAY), as `grokforge serve` binds it.
+    }
+}
+
+/// Serves `state` on a port of its own with the node's listener settings (TCP_NODELAY), as
+/// `grokforge serve` binds it.
+fn serve_gateway(node: &Node, state: GatewayState) -> std::net::SocketAddr {
     let listener = grokforge_gateway::listen(loopback(), 0).unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(grokforge_gateway::serve(
@@ -171,17 +202,7 @@ async fn run() {
         node.api_listening.clone(),
         std::future::pending(),
     ));
-
-    train_some_models(&node).await;
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    if only.is_empty() || only == "events" {
-        latency(&node, address, subscribers, rate, seconds).await;
-        saturation(&node, address, subscribers, seconds).await;
-    }
-    if only.is_empty() || only == "models" {
-        models_route(address, concurrency, seconds).await;
-        filter_cost(routes_state).await;
-    }
+    address
 }
 
 /// A tiny two-variant cognate job, so `/models` lists real records.
@@ -417,7 +438,8 @@ fn latency_line(all: &[Duration], subscribers: usize, per_client: usize, short: 
     )
 }
 
-/// Publishes `total` progress events at `rate` per second; returns the events/s achieved.
+/// Publishes `total` progress events on `node`'s bus at `rate` per second; returns the
+/// events/s achieved.
 async fn publish_at_rate(node: &Node, rate: u64, total: u64) -> f64 {
     let publisher = Publisher::new(
         node.node_id.clone(),
@@ -426,13 +448,21 @@ async fn publish_at_rate(node: &Node, rate: u64, total: u64) -> f64 {
         node.metrics.clone(),
     );
     let job_id = Uuid::now_v7();
+    tick_at_rate(rate, total, |step| {
+        publisher.publish(progress(job_id, step))
+    })
+    .await
+}
+
+/// Calls `publish` `total` times at `rate` per second; returns the calls/s achieved.
+async fn tick_at_rate(rate: u64, total: u64, mut publish: impl FnMut(u64)) -> f64 {
     let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     for step in 0..total {
         ticker.tick().await;
-        publisher.publish(progress(job_id, step));
+        publish(step);
     }
     total as f64 / started.elapsed().as_secs_f64()
 }
@@ -866,4 +896,266 @@ where
         assert!(reply().await.status().is_success());
     }
     started.elapsed().as_secs_f64() * 1e6 / f64::from(requests)
+}
+
+/// Two nodes on one Redis (`BENCH_REDIS_URL`, default the local one), each with a gateway:
+/// latency of progress events published on node A to WebSocket clients on node B against the
+/// same clients on A, in alternating rounds of one run (`BENCH_SUBSCRIBERS` 100, `BENCH_RATE`
+/// 100, `BENCH_ROUNDS` 3 of each); then envelopes per second through one bridge at saturation,
+/// published by A and received by B (`BENCH_ENVELOPES`, 200000).
+async fn cluster(base: Settings, seconds: u64) {
+    let redis =
+        std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let subscribers = env("BENCH_SUBSCRIBERS", 100) as usize;
+    let rate = env("BENCH_RATE", 100);
+    let rounds = env("BENCH_ROUNDS", 3);
+    let channel = format!("grokforge:bench:{}", Uuid::now_v7().simple());
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for name in ["a", "b"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = base.clone();
+        settings.node.id = Some(format!("bench-{name}"));
+        settings.node.data_dir = dir.path().to_path_buf();
+        settings.broker.url = Some(redis.clone());
+        settings.broker.channel = channel.clone();
+        settings.broker.cluster_secret = Some("bench-cluster-secret-0123456789".into());
+        let node = Node::start(
+            settings,
+            parse_device("cpu").unwrap(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let address = serve_gateway(&node, gateway_state(&node, dir.path().join("artifacts")));
+        wait_for_broker(&node).await;
+        nodes.push((node, address));
+        dirs.push(dir);
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    println!(
+        "cluster: 2 nodes on {redis}; {subscribers} subscribers, {rate} events/s for {seconds} s, \
+         {rounds} rounds each, alternating"
+    );
+    let mut in_node = Vec::new();
+    let mut cross_node = Vec::new();
+    for _ in 0..rounds {
+        for (label, address, out) in [
+            ("in-node   ", a.1, &mut in_node),
+            ("cross-node", b.1, &mut cross_node),
+        ] {
+            let sockets = subscribe_clients(&websocket_url(address), subscribers).await;
+            let total = rate * seconds;
+            let publishing = publish_at_rate(&a.0, rate, total);
+            let (_, all, short) = receive_during(sockets, total as usize, publishing).await;
+            println!(
+                "  {label}: {}",
+                latency_line(&all, subscribers, total as usize, short)
+            );
+            out.push((percentile(&all, 0.50), percentile(&all, 0.99)));
+        }
+    }
+    let median = |runs: &mut Vec<(Duration, Duration)>,
+                  pick: fn(&(Duration, Duration)) -> Duration| {
+        let mut values: Vec<Duration> = runs.iter().map(pick).collect();
+        values.sort();
+        values[values.len() / 2].as_secs_f64() * 1e3
+    };
+    let (in50, in99) = (median(&mut in_node, |r| r.0), median(&mut in_node, |r| r.1));
+    let (x50, x99) = (
+        median(&mut cross_node, |r| r.0),
+        median(&mut cross_node, |r| r.1),
+    );
+    println!(
+        "cluster latency (median of rounds): in-node p50 {in50:.2} ms, p99 {in99:.2} ms; \
+         cross-node p50 {x50:.2} ms, p99 {x99:.2} ms; cross − in at p99: {:+.2} ms",
+        x99 - in99
+    );
+
+    // Saturation: publish on A's bus in bursts the bridge's bus queue takes (65,536), and count
+    // what A's bridge publishes and B's receives.
+    let envelopes = env("BENCH_ENVELOPES", 200_000);
+    let counter = |node: &Node, direction: &str| {
+        node.metrics
+            .cluster_messages_total
+            .with_label_values(&[direction])
+            .get()
+    };
+    let (sent_before, received_before) = (counter(&a.0, "published"), counter(&b.0, "received"));
+    let publisher = Publisher::new(
+        a.0.node_id.clone(),
+        "bench",
+        a.0.directory.clone(),
+        a.0.metrics.clone(),
+    );
+    let job_id = Uuid::now_v7();
+    let burst = 20_000u64;
+    let started = Instant::now();
+    let mut published = 0;
+    while published < envelopes {
+        for _ in 0..burst.min(envelopes - published) {
+            publisher.publish(progress(job_id, published));
+            published += 1;
+        }
+        while counter(&a.0, "published") - sent_before + burst / 2 < published {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+    let mut last = (0, Instant::now());
+    loop {
+        let received = counter(&b.0, "received") - received_before;
+        if received >= envelopes {
+            break;
+        }
+        if received != last.0 {
+            last = (received, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(2) {
+            break; // nothing more is coming
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let sent = counter(&a.0, "published") - sent_before;
+    let received = counter(&b.0, "received") - received_before;
+    let dropped: u64 = ["outbox_full", "duplicate", "malformed"]
+        .iter()
+        .map(|reason| {
+            b.0.metrics
+                .cluster_messages_dropped_total
+                .with_label_values(&[reason])
+                .get()
+        })
+        .sum();
+    println!(
+        "bridge saturation: {envelopes} envelopes on A's bus; A published {sent}, B received \
+         {received} ({dropped} dropped at B) in {elapsed:.2} s = {:.0} envelopes/s each way",
+        received as f64 / elapsed
+    );
+}
+
+async fn wait_for_broker(node: &Node) {
+    use grokforge_actors::services::monitoring::MonitoringServiceMessage;
+    let started = Instant::now();
+    loop {
+        let report = node
+            .directory
+            .call::<MonitoringServiceMessage, _, _>(
+                names::MONITORING_SERVICE,
+                MonitoringServiceMessage::CheckNow,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        if report.dependencies["broker"].status == grokforge_actors::HealthState::Healthy {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the broker never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node's in-node latency beside a bare tokio-tungstenite broadcast server's, measured in
+/// alternating rounds of one run at the same load (`BENCH_ROUNDS`, 3 each): the node's own
+/// overhead as a ratio of p99s.
+async fn bare_against_node(
+    node: &Node,
+    address: std::net::SocketAddr,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+) {
+    let rounds = env("BENCH_ROUNDS", 3);
+    let (bare, frames) = bare_server().await;
+    let total = rate * seconds;
+    let mut node_p99 = Vec::new();
+    let mut bare_p99 = Vec::new();
+    for _ in 0..rounds {
+        let sockets = subscribe_clients(&websocket_url(address), subscribers).await;
+        let (_, all, short) =
+            receive_during(sockets, total as usize, publish_at_rate(node, rate, total)).await;
+        println!(
+            "  node: {}",
+            latency_line(&all, subscribers, total as usize, short)
+        );
+        node_p99.push(percentile(&all, 0.99));
+
+        let sockets = subscribe_clients(&format!("ws://{bare}/"), subscribers).await;
+        let frames = frames.clone();
+        let publishing = tick_at_rate(rate, total, move |step| {
+            let _ = frames.send(bare_frame(step).into());
+        });
+        let (_, all, short) = receive_during(sockets, total as usize, publishing).await;
+        println!(
+            "  bare: {}",
+            latency_line(&all, subscribers, total as usize, short)
+        );
+        bare_p99.push(percentile(&all, 0.99));
+    }
+    node_p99.sort();
+    bare_p99.sort();
+    let (n, b) = (node_p99[node_p99.len() / 2], bare_p99[bare_p99.len() / 2]);
+    println!(
+        "node vs bare tokio-tungstenite broadcast, {subscribers} subscribers × {rate} events/s \
+         (median p99 of {rounds} rounds): node {:.2} ms, bare {:.2} ms, ratio {:.2}×",
+        n.as_secs_f64() * 1e3,
+        b.as_secs_f64() * 1e3,
+        n.as_secs_f64() / b.as_secs_f64().max(1e-9)
+    );
+}
+
+/// A progress frame like the node's, its publish time at the end where [`age_of`] reads it.
+fn bare_frame(step: u64) -> String {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    format!(
+        r#"{{"type":"training_progress","topic":"training_updates","seq":null,"source_service":"bench","data":{{"job_id":"00000000-0000-0000-0000-000000000000","variant":0,"step":{step},"total_steps":18446744073709551615,"loss":1.0,"accuracy":0.5,"val_loss":null,"val_accuracy":null,"learning_rate":0.001,"steps_per_second":10.0}},"timestamp":"{now}"}}"#
+    )
+}
+
+/// The simplest server that does the node's job: accepts WebSockets, says hello, confirms a
+/// subscription, and writes every broadcast frame to every client (a lagging client skips
+/// what it missed). No auth, no topics, no queue limits.
+async fn bare_server() -> (
+    std::net::SocketAddr,
+    tokio::sync::broadcast::Sender<Arc<str>>,
+) {
+    let listener = grokforge_gateway::listen(loopback(), 0).unwrap();
+    let address = listener.local_addr().unwrap();
+    let (frames, _) = tokio::sync::broadcast::channel::<Arc<str>>(4096);
+    let sender = frames.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut receiver = sender.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                let hello = r#"{"type":"connection_established"}"#;
+                if socket.send(Message::text(hello)).await.is_err() {
+                    return;
+                }
+                let _ = socket.next().await; // the subscribe frame
+                let confirmed = r#"{"type":"subscription_confirmed","topic":"training_updates"}"#;
+                if socket.send(Message::text(confirmed)).await.is_err() {
+                    return;
+                }
+                loop {
+                    tokio::select! {
+                        frame = receiver.recv() => match frame {
+                            Ok(frame) => if socket.send(Message::text(&*frame)).await.is_err() { return },
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => return,
+                        },
+                        message = socket.next() => if !matches!(message, Some(Ok(_))) { return },
+                    }
+                }
+            });
+        }
+    });
+    (address, frames)
 }

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use grokforge_actors::alerts::Alert;
 use grokforge_actors::health::HealthReport;
 use grokforge_actors::services::discovery::{DiscoveryMessage, NodeInfo};
-use grokforge_actors::services::monitoring::MonitoringServiceMessage;
+use grokforge_actors::services::monitoring::{AlertState, MonitoringServiceMessage};
 use grokforge_actors::{HealthState, names};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -27,15 +28,120 @@ async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
         .map_err(|error| Problem::unavailable(format!("cannot check health: {error}"), 1))
 }
 
+/// The latest completed round of checks (its `checked_at` says when), or a fresh round when
+/// asked or when none has completed yet.
+async fn report(state: &GatewayState, fresh: bool) -> Result<HealthReport, Problem> {
+    if !fresh {
+        let latest = state
+            .directory
+            .call::<MonitoringServiceMessage, _, _>(
+                names::MONITORING_SERVICE,
+                MonitoringServiceMessage::Latest,
+                state.call_timeout,
+            )
+            .await
+            .map_err(|error| Problem::unavailable(format!("cannot read health: {error}"), 1))?;
+        if let Some(report) = latest {
+            return Ok(report);
+        }
+    }
+    fresh_report(state).await
+}
+
+/// `GET /health`'s query.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HealthQuery {
+    /// Run the checks now instead of answering from the latest round.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// `GET /alerts`'s query.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsQuery {
+    /// `firing` (the default) or `resolved`.
+    #[serde(default)]
+    pub state: AlertState,
+    /// How many to skip, newest first.
+    #[serde(default)]
+    #[param(minimum = 0)]
+    pub offset: usize,
+    /// How many at most (1–1000, default 100).
+    #[serde(default = "default_alert_limit")]
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: usize,
+}
+
+fn default_alert_limit() -> usize {
+    100
+}
+
+/// Alerts of the cluster
+///
+/// Alerts firing now, or resolved ones (the last thousand), newest first. The same alerts go to
+/// admin WebSocket clients on `admin_alerts` and to the configured webhooks.
+#[utoipa::path(
+    get,
+    path = "/alerts",
+    operation_id = "list_alerts",
+    tag = "node",
+    params(AlertsQuery),
+    responses(
+        (status = 200, description = "The alerts, newest first.", body = [Alert]),
+        (status = 422, description = "A query parameter is out of range.", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 503, description = "The monitoring service is unavailable (no answer in \
+            time, or restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
+pub async fn alerts(
+    query: AlertsQuery,
+    state: Arc<GatewayState>,
+) -> Result<Response, warp::Rejection> {
+    if !(1..=1000).contains(&query.limit) {
+        return Ok(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`limit` must be 1 to 1000, found {}", query.limit),
+        )
+        .with("field", "limit")
+        .into_response());
+    }
+    let alerts = state
+        .directory
+        .call::<MonitoringServiceMessage, Vec<Alert>, _>(
+            names::MONITORING_SERVICE,
+            |reply| MonitoringServiceMessage::Alerts {
+                state: query.state,
+                offset: query.offset,
+                limit: query.limit,
+                reply,
+            },
+            state.call_timeout,
+        )
+        .await;
+    Ok(match alerts {
+        Ok(alerts) => warp::reply::json(&alerts).into_response(),
+        Err(error) => Problem::unavailable(error.to_string(), 1).into_response(),
+    })
+}
+
 /// The node's health
 ///
-/// Each service's state, the dependency graph and the overall status, from checks run now.
-/// 200 while the node is healthy or degraded, 503 when it is unhealthy.
+/// Each service's state, the dependency graph and the overall status, from the latest round
+/// of checks (`checked_at`; they run every `monitoring.health_check_interval_ms`), or from checks
+/// run now with `?fresh=true`. 200 while the node is healthy or degraded, 503 when it is
+/// unhealthy.
 #[utoipa::path(
     get,
     path = "/health",
     operation_id = "health",
     tag = "node",
+    params(HealthQuery),
     responses(
         (status = 200, description = "Healthy or degraded.", body = HealthReport),
         (status = 503, description = "Unhealthy (the report says why), or the checks could not \
@@ -48,8 +154,11 @@ async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
                 description = "With the problem: seconds to wait before retrying."))),
     ),
 )]
-pub async fn health(state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
-    Ok(match fresh_report(&state).await {
+pub async fn health(
+    query: HealthQuery,
+    state: Arc<GatewayState>,
+) -> Result<Response, warp::Rejection> {
+    Ok(match report(&state, query.fresh).await {
         Ok(report) => {
             let status = if report.status == HealthState::Unhealthy {
                 StatusCode::SERVICE_UNAVAILABLE

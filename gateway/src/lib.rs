@@ -201,8 +201,15 @@ pub fn routes(
 
     let health = warp::path!("health")
         .and(warp::get())
+        .and(warp::query::<health::HealthQuery>())
         .and(with_state.clone())
         .and_then(health::health);
+    let alerts = warp::path!("alerts")
+        .and(warp::get())
+        .and(read.clone())
+        .and(warp::query::<health::AlertsQuery>())
+        .and(with_state.clone())
+        .and_then(health::alerts);
     let ready = warp::path!("ready")
         .and(warp::get())
         .and(with_state.clone())
@@ -323,6 +330,7 @@ pub fn routes(
         .or(phase_status)
         .or(cancel_job)
         .or(download)
+        .or(alerts)
         .or(dashboard)
         .recover(problem::recover)
         .with(warp::log::custom(move |info| {

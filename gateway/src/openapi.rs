@@ -78,6 +78,7 @@ pub fn json() -> &'static str {
         crate::health::health,
         crate::health::ready,
         crate::health::cluster_nodes,
+        crate::health::alerts,
         metrics,
         websocket,
         openapi_json,
@@ -85,6 +86,7 @@ pub fn json() -> &'static str {
     // Types named only by query parameters or free-form refs are not collected from the paths.
     components(schemas(
         Problem,
+        grokforge_actors::services::monitoring::AlertState,
         Phase,
         grokforge_actors::storage::jobs::JobStatus,
         StartJobRequest
@@ -421,6 +423,7 @@ mod tests {
             ("get", "/ready"),
             ("get", "/metrics"),
             ("get", "/cluster/nodes"),
+            ("get", "/alerts"),
             ("get", "/ws"),
             ("get", "/openapi.json"),
         ]

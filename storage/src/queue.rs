@@ -36,6 +36,11 @@ pub enum Finish {
     Failed {
         error: String,
     },
+    /// The attempt failed in a way another attempt would repeat (the training diverged): the
+    /// job fails now, whatever attempts remain.
+    FailedForGood {
+        error: String,
+    },
     /// The owner died while running it (found when the owner restarts): the job becomes
     /// `interrupted`, claimable again, while attempts remain.
     Interrupted {
@@ -264,7 +269,9 @@ impl JobRepository {
         let (status, error) = match &finish {
             Finish::Completed => (JobStatus::Completed, None),
             Finish::Cancelled => (JobStatus::Cancelled, None),
-            Finish::Failed { error: reason } | Finish::Interrupted { reason } => {
+            Finish::Failed { error: reason }
+            | Finish::FailedForGood { error: reason }
+            | Finish::Interrupted { reason } => {
                 attempt_errors.push(AttemptError {
                     attempt: job.attempts,
                     node: Some(node.to_string()),
@@ -276,7 +283,8 @@ impl JobRepository {
                 } else {
                     JobStatus::Queued
                 };
-                if job.attempts < job.max_attempts && !job.cancel_requested {
+                let for_good = matches!(finish, Finish::FailedForGood { .. });
+                if job.attempts < job.max_attempts && !job.cancel_requested && !for_good {
                     (retry, Some(reason.clone()))
                 } else {
                     (JobStatus::Failed, Some(summarise(&attempt_errors)))

@@ -37,7 +37,35 @@ pub enum WorkerReport {
     },
     VariantEnded(Box<VariantResult>),
     /// The recipe returned (completed or cancelled) or failed; always the last report.
-    Finished(Result<Box<PhaseOutcome>, String>),
+    Finished(Result<Box<PhaseOutcome>, RunFailure>),
+}
+
+/// Why a run failed, and whether another attempt could end otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunFailure {
+    pub message: String,
+    /// `false` for a run that diverged (a NaN or infinite loss): the same seed and data diverge
+    /// again at the same step, so the job fails for good instead of burning its attempts.
+    pub retryable: bool,
+}
+
+impl RunFailure {
+    pub fn retryable(message: impl Into<String>) -> RunFailure {
+        RunFailure {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+impl From<grokforge_training_core::Error> for RunFailure {
+    fn from(error: grokforge_training_core::Error) -> RunFailure {
+        let retryable = !matches!(error, grokforge_training_core::Error::NonFiniteLoss { .. });
+        RunFailure {
+            message: error.to_string(),
+            retryable,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +119,12 @@ impl JobWorker {
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     execute(run, flag, &report)
                 }))
-                .unwrap_or_else(|panic| Err(format!("training panicked: {}", panic_text(&panic))));
+                .unwrap_or_else(|panic| {
+                    Err(RunFailure::retryable(format!(
+                        "training panicked: {}",
+                        panic_text(&panic)
+                    )))
+                });
                 report(WorkerReport::Finished(outcome.map(Box::new)));
             })?;
         Ok(JobWorker {
@@ -132,8 +165,8 @@ fn execute(
     run: JobRun,
     cancel: Arc<AtomicBool>,
     report: &dyn Fn(WorkerReport),
-) -> Result<PhaseOutcome, String> {
-    let recipe = recipe_for(run.phase).map_err(|e| e.to_string())?;
+) -> Result<PhaseOutcome, RunFailure> {
+    let recipe = recipe_for(run.phase).map_err(|e| RunFailure::retryable(e.to_string()))?;
     let interval = Duration::from_secs_f64(1.0 / f64::from(run.progress_per_second.max(1)));
     let mut observer = Reporter {
         report,
@@ -148,7 +181,7 @@ fn execute(
         cache_dir: run.cache_dir,
         inputs: Vec::new(),
     };
-    recipe.run(&mut context).map_err(|e| e.to_string())
+    recipe.run(&mut context).map_err(RunFailure::from)
 }
 
 struct Reporter<'a> {

@@ -1,5 +1,14 @@
 //! `MonitoringService`: runs the node's health checks, keeps the latest report, and announces
-//! every change of a component's state on the bus (`ServiceHealthChanged`).
+//! every change of a component's state on the bus (`ServiceHealthChanged`). It also follows
+//! every event on the bus (every node's, through the bridge) into its [`AlertEngine`], evaluates
+//! the alert rules after each round of checks, and delivers what fires and resolves:
+//! `alert_raised` / `alert_resolved` on `admin_alerts`, `grokforge_alerts_firing`, webhooks.
+//!
+//! In a cluster every node evaluates every rule, so that each knows the cluster's alerts, but
+//! only the holder of the monitoring lease (a Redis key with a TTL, renewed every second)
+//! announces the cluster-wide ones (jobs, nodes): one incident is one alert, not one per node.
+//! When the holder dies another node takes the lease within its TTL; its engine has seen the
+//! same events, so what is firing stays firing and is not announced again.
 //!
 //! Checks run in a task of their own, never in the handler: a check waits up to its deadline
 //! on a database or an actor, and the mailbox must stay responsive meanwhile. The tasks are
@@ -22,12 +31,15 @@ use super::discovery::DiscoveryMessage;
 use super::model::ModelServiceMessage;
 use super::training::TrainingServiceMessage;
 use super::websocket::WebSocketHubMessage;
+use crate::alerts::{Alert, AlertEngine, Inputs, Rule, RuleKind, Transition};
 use crate::bus::{EventBusMessage, Publisher};
 use crate::directory::{ServiceDirectory, names};
+use crate::events::EventEnvelope;
 use crate::events::{Event, HealthState};
 use crate::health::{Check, HealthReport, aggregate};
 use crate::metrics::NodeMetrics;
 use crate::services::redis_bridge::BridgeShared;
+use crate::webhooks::Webhook;
 
 /// Why a check did not pass: unhealthy, unless it says it is only degraded.
 pub struct CheckFailure {
@@ -179,16 +191,35 @@ impl HealthProbe {
 
 pub struct MonitoringService;
 
+/// Which alerts `GET /alerts` wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    #[default]
+    Firing,
+    Resolved,
+}
+
 pub enum MonitoringServiceMessage {
     Ping(RpcReplyPort<()>),
+    /// Alerts in `state`, newest first: (`offset`, `limit`) of them.
+    Alerts {
+        state: AlertState,
+        offset: usize,
+        limit: usize,
+        reply: RpcReplyPort<Vec<Alert>>,
+    },
+    /// Internal: an event from the bus, for the alert engine.
+    Observed(Arc<EventEnvelope>),
     /// Run the checks now and reply with the fresh report.
     CheckNow(RpcReplyPort<HealthReport>),
     /// The latest report, without checking (`None` before the first round finished).
     Latest(RpcReplyPort<Option<HealthReport>>),
     /// Internal: time for the periodic round.
     Tick,
-    /// Internal: a finished round.
-    Report(Box<HealthReport>),
+    /// Internal: a finished round, with the data directory's free share.
+    Report(Box<HealthReport>, Option<f64>),
 }
 
 impl Pingable for MonitoringServiceMessage {
@@ -203,7 +234,28 @@ pub struct Arguments {
     pub interval: Duration,
     pub publisher: Publisher,
     pub metrics: NodeMetrics,
+    pub rules: Vec<Rule>,
+    pub webhooks: Vec<grokforge_config::WebhookSettings>,
+    /// The monitoring lease, in a cluster.
+    pub lease: Option<MonitoringLease>,
 }
+
+/// The cluster's monitoring lease: one Redis key, held by one node at a time.
+#[derive(Clone)]
+pub struct MonitoringLease {
+    pub client: redis::Client,
+    pub key: String,
+    pub ttl: Duration,
+}
+
+/// Takes the lease when it is free, renews it when it is ours; `1` when we hold it after.
+const LEASE_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
 
 pub struct MonitoringServiceState {
     arguments: Arguments,
@@ -212,6 +264,13 @@ pub struct MonitoringServiceState {
     states: BTreeMap<String, HealthState>,
     ticker: Option<JoinHandle<()>>,
     tasks: CancellationToken,
+    engine: AlertEngine,
+    webhooks: Vec<Webhook>,
+    /// Whether this node announces the cluster-wide alerts.
+    leader: Arc<AtomicBool>,
+    /// Cluster-wide incidents (rule, labels) whose `alert_raised` is out, by any node: a new
+    /// lease holder announces what fired while nobody held the lease, and nothing twice.
+    announced: std::collections::HashSet<(String, BTreeMap<String, String>)>,
 }
 
 impl MonitoringServiceState {
@@ -230,7 +289,12 @@ impl MonitoringServiceState {
                     if let Some(reply) = reply {
                         let _ = reply.send(report.clone());
                     }
-                    let _ = myself.cast(MonitoringServiceMessage::Report(Box::new(report)));
+                    let dir = probe.data_dir.clone();
+                    let free = tokio::task::spawn_blocking(move || free_share(&dir))
+                        .await
+                        .ok()
+                        .flatten();
+                    let _ = myself.cast(MonitoringServiceMessage::Report(Box::new(report), free));
                 }
             }
         });
@@ -265,6 +329,209 @@ impl MonitoringServiceState {
         }
         self.latest = Some(report);
     }
+
+    /// Evaluates the alert rules and delivers what fired and resolved.
+    fn evaluate(&mut self, disk_free_share: Option<f64>) {
+        let metrics = self.arguments.metrics.clone();
+        let mut inputs = Inputs {
+            node_id: self.arguments.probe.node_id.clone(),
+            health: self.latest.clone(),
+            disk_free_share,
+            ..Inputs::default()
+        };
+        for family in metrics.registry().gather() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == name)
+                        .map(|pair| pair.value().to_string())
+                        .unwrap_or_default()
+                };
+                match family.name() {
+                    "grokforge_breaker_state" if metric.get_gauge().get_value() == 1.0 => {
+                        inputs.open_breakers.push(label("breaker"));
+                    }
+                    "grokforge_actor_restarts_total" => {
+                        inputs
+                            .restarts
+                            .insert(label("actor"), metric.get_counter().get_value() as u64);
+                    }
+                    // Drops that mean lost events; a subscriber that went away and a node's
+                    // own echo are the normal course of things.
+                    "grokforge_events_dropped_total" if label("reason") != "subscriber_gone" => {
+                        inputs.dropped += metric.get_counter().get_value() as u64;
+                    }
+                    "grokforge_cluster_messages_dropped_total"
+                        if !matches!(label("reason").as_str(), "own_echo" | "duplicate") =>
+                    {
+                        inputs.dropped += metric.get_counter().get_value() as u64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let transitions = self.engine.evaluate(&inputs, chrono::Utc::now());
+        let leader = self.leader.load(Ordering::Acquire);
+        for transition in transitions {
+            let (alert, raised) = match transition {
+                Transition::Raised(alert) => (alert, true),
+                Transition::Resolved(alert) => (alert, false),
+            };
+            if RuleKind::parse(&alert.rule).is_some_and(RuleKind::is_cluster_wide) {
+                let key = (alert.rule.clone(), alert.labels.clone());
+                let out = self.announced.contains(&key);
+                // Raised: by the lease holder. Resolved: by whoever holds the lease now, if
+                // its raise went out.
+                if !leader || raised == out {
+                    continue;
+                }
+                if raised {
+                    self.announced.insert(key);
+                } else {
+                    self.announced.remove(&key);
+                }
+            }
+            self.deliver(alert, raised);
+        }
+        // What fired while no node held the lease (or before the holder died) goes out now.
+        let firing = self.engine.firing();
+        if leader {
+            for alert in &firing {
+                let cluster_wide =
+                    RuleKind::parse(&alert.rule).is_some_and(RuleKind::is_cluster_wide);
+                let key = (alert.rule.clone(), alert.labels.clone());
+                if cluster_wide && self.announced.insert(key) {
+                    self.deliver(alert.clone(), true);
+                }
+            }
+        }
+        // The gauge counts what this node speaks for: its own alerts, and the cluster's while it
+        // holds the lease.
+        metrics.alerts_firing.reset();
+        for alert in &firing {
+            if leader || !RuleKind::parse(&alert.rule).is_some_and(RuleKind::is_cluster_wide) {
+                metrics
+                    .alerts_firing
+                    .with_label_values(&[alert.rule.as_str(), alert.severity.as_str()])
+                    .inc();
+            }
+        }
+    }
+
+    /// Notes an alert event of another node: what it announced, this node need not.
+    fn observe_alert(&mut self, envelope: &EventEnvelope) {
+        if envelope.source_node == self.arguments.probe.node_id {
+            return;
+        }
+        match &envelope.event {
+            Event::AlertRaised(alert) => {
+                self.announced
+                    .insert((alert.rule.clone(), alert.labels.clone()));
+            }
+            Event::AlertResolved(alert) => {
+                self.announced
+                    .remove(&(alert.rule.clone(), alert.labels.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Announces `alert`: the bus (`admin_alerts`, and through the bridge every node's
+    /// clients), the webhooks, the gauge and the log.
+    fn deliver(&self, alert: Alert, raised: bool) {
+        AlertChanged {
+            alert: &alert,
+            raised,
+        }
+        .emit();
+        let severity = alert.severity;
+        let event = if raised {
+            Event::AlertRaised(alert)
+        } else {
+            Event::AlertResolved(alert)
+        };
+        let envelope = self.arguments.publisher.envelope(event);
+        if let Ok(body) = serde_json::to_vec(&envelope) {
+            for webhook in &self.webhooks {
+                webhook.send(severity, &body);
+            }
+        }
+        self.arguments.publisher.publish_envelope(envelope);
+    }
+}
+
+/// An alert this node announces, fired or resolved: its log line.
+struct AlertChanged<'a> {
+    alert: &'a Alert,
+    raised: bool,
+}
+
+impl AlertChanged<'_> {
+    fn emit(&self) {
+        let alert = self.alert;
+        if self.raised {
+            tracing::warn!(rule = %alert.rule, severity = alert.severity.as_str(), labels = ?alert.labels, summary = %alert.summary, "alert firing");
+        } else {
+            tracing::info!(rule = %alert.rule, labels = ?alert.labels, "alert resolved");
+        }
+    }
+}
+
+/// The free share of the file system holding `dir`.
+fn free_share(dir: &std::path::Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `stat` a writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_blocks == 0 {
+        return None;
+    }
+    Some(stat.f_bavail as f64 / stat.f_blocks as f64)
+}
+
+/// Holds or seeks the monitoring lease every second until cancelled.
+async fn lease_loop(
+    lease: MonitoringLease,
+    node_id: String,
+    leader: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
+    let script = redis::Script::new(LEASE_SCRIPT);
+    let ttl_ms = lease.ttl.as_millis() as u64;
+    let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    let mut ticker = tokio::time::interval(lease.ttl / 3);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let held = async {
+            if connection.is_none() {
+                connection = Some(lease.client.get_multiplexed_async_connection().await?);
+            }
+            let connection = connection.as_mut().expect("just connected");
+            script
+                .key(&lease.key)
+                .arg(&node_id)
+                .arg(ttl_ms)
+                .invoke_async::<i64>(connection)
+                .await
+        };
+        let held = match tokio::time::timeout(lease.ttl / 3, held).await {
+            Ok(Ok(held)) => held == 1,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "cannot reach redis for the monitoring lease");
+                connection = None;
+                false
+            }
+            Err(_) => false,
+        };
+        if leader.swap(held, Ordering::AcqRel) != held {
+            tracing::info!(node_id, held, "monitoring lease changed hands");
+        }
+    }
 }
 
 impl Actor for MonitoringService {
@@ -278,12 +545,46 @@ impl Actor for MonitoringService {
         arguments: Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let ticker = myself.send_interval(arguments.interval, || MonitoringServiceMessage::Tick);
+        let tasks = CancellationToken::new();
+        let directory = arguments.probe.directory.clone();
+        let (me, stop) = (myself.clone(), tasks.clone());
+        tokio::spawn(async move {
+            crate::bus::follow(
+                &directory,
+                "monitoring_service",
+                Vec::new(),
+                65_536,
+                &stop,
+                |envelope| {
+                    let _ = me.cast(MonitoringServiceMessage::Observed(envelope));
+                },
+            )
+            .await;
+        });
+        let leader = Arc::new(AtomicBool::new(arguments.lease.is_none()));
+        if let Some(lease) = arguments.lease.clone() {
+            tokio::spawn(lease_loop(
+                lease,
+                arguments.probe.node_id.clone(),
+                leader.clone(),
+                tasks.clone(),
+            ));
+        }
+        let webhooks = arguments
+            .webhooks
+            .iter()
+            .map(|settings| Webhook::spawn(settings, arguments.metrics.clone(), tasks.clone()))
+            .collect();
         Ok(MonitoringServiceState {
+            engine: AlertEngine::new(arguments.rules.clone()),
             arguments,
             latest: None,
             states: BTreeMap::new(),
             ticker: Some(ticker),
-            tasks: CancellationToken::new(),
+            tasks,
+            webhooks,
+            leader,
+            announced: Default::default(),
         })
     }
 
@@ -314,7 +615,26 @@ impl Actor for MonitoringService {
             MonitoringServiceMessage::Latest(reply) => {
                 let _ = reply.send(state.latest.clone());
             }
-            MonitoringServiceMessage::Report(report) => state.record(*report),
+            MonitoringServiceMessage::Report(report, free) => {
+                state.record(*report);
+                state.evaluate(free);
+            }
+            MonitoringServiceMessage::Observed(envelope) => {
+                state.observe_alert(&envelope);
+                state.engine.observe(&envelope, chrono::Utc::now());
+            }
+            MonitoringServiceMessage::Alerts {
+                state: wanted,
+                offset,
+                limit,
+                reply,
+            } => {
+                let alerts = match wanted {
+                    AlertState::Firing => state.engine.firing(),
+                    AlertState::Resolved => state.engine.resolved(),
+                };
+                let _ = reply.send(alerts.into_iter().skip(offset).take(limit).collect());
+            }
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::Pingable;
 use super::discovery::Membership;
-use super::job_worker::{JobRun, JobWorker, WorkerReport};
+use super::job_worker::{JobRun, JobWorker, RunFailure, WorkerReport};
 use super::model::ModelServiceMessage;
 use crate::bus::Publisher;
 use crate::directory::{ServiceDirectory, names};
@@ -99,7 +99,7 @@ pub enum TrainingServiceMessage {
     Registered {
         job_id: Uuid,
         attempt: u32,
-        result: Result<(Vec<Uuid>, Option<Uuid>), String>,
+        result: Result<(Vec<Uuid>, Option<Uuid>), RunFailure>,
     },
     /// Internal: another node announced a cancel request on the bus.
     CancelAnnounced(Uuid),
@@ -551,7 +551,7 @@ impl TrainingServiceState {
             };
             if let Err(error) = self.launch(myself, &job).await {
                 tracing::error!(job_id = %job.id, %error, "cannot start the job's worker");
-                let _ = self
+                let finished = self
                     .args
                     .jobs
                     .finish(
@@ -568,6 +568,7 @@ impl TrainingServiceState {
                         job_id: job.id,
                         attempt: job.attempts,
                         error,
+                        will_retry: finished.is_ok_and(|job| job.status != JobStatus::Failed),
                     },
                 )
                 .await;
@@ -790,7 +791,7 @@ impl TrainingServiceState {
         attempt: u32,
         phase: Phase,
         last_step: u64,
-        outcome: Result<Box<PhaseOutcome>, String>,
+        outcome: Result<Box<PhaseOutcome>, RunFailure>,
     ) {
         let node = self.args.node_id.clone();
         let outcome = match outcome {
@@ -803,7 +804,9 @@ impl TrainingServiceState {
                     let directory = self.args.directory.clone();
                     let myself = myself.clone();
                     tokio::spawn(async move {
-                        let result = register_models(&directory, job_id, phase, &outcome).await;
+                        let result = register_models(&directory, job_id, phase, &outcome)
+                            .await
+                            .map_err(RunFailure::retryable);
                         let _ = myself.cast(TrainingServiceMessage::Registered {
                             job_id,
                             attempt,
@@ -844,7 +847,7 @@ impl TrainingServiceState {
         &mut self,
         job_id: Uuid,
         attempt: u32,
-        outcome: Result<(Vec<Uuid>, Option<Uuid>), String>,
+        outcome: Result<(Vec<Uuid>, Option<Uuid>), RunFailure>,
     ) {
         let node = self.args.node_id.clone();
         match outcome {
@@ -870,23 +873,30 @@ impl TrainingServiceState {
                     .inc();
                 tracing::info!(%job_id, "job completed");
             }
-            Err(error) => {
-                tracing::warn!(%job_id, attempt, %error, "job attempt failed");
+            Err(RunFailure { message, retryable }) => {
+                tracing::warn!(%job_id, attempt, error = %message, retryable, "job attempt failed");
+                // Whether another attempt follows, so that the event says so.
+                let will_retry =
+                    retryable
+                        && self.args.jobs.get(job_id).await.is_ok_and(|job| {
+                            job.attempts < job.max_attempts && !job.cancel_requested
+                        });
                 self.emit(
                     job_id,
                     Event::TrainingFailed {
                         job_id,
                         attempt,
-                        error: error.clone(),
+                        error: message.clone(),
+                        will_retry,
                     },
                 )
                 .await;
-                match self
-                    .args
-                    .jobs
-                    .finish(job_id, &node, Finish::Failed { error })
-                    .await
-                {
+                let finish = if retryable {
+                    Finish::Failed { error: message }
+                } else {
+                    Finish::FailedForGood { error: message }
+                };
+                match self.args.jobs.finish(job_id, &node, finish).await {
                     Ok(job) if job.status == JobStatus::Failed => {
                         self.args
                             .metrics
