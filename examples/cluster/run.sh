@@ -67,11 +67,13 @@ TOML
 
 pids=()
 stop() {
+  [[ ${#pids[@]} -gt 0 ]] || return 0
   echo "cluster: stopping ${#pids[@]} nodes" >&2
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
 }
-trap stop INT TERM EXIT
+trap stop EXIT
+trap 'exit 130' INT TERM
 
 for i in "${!ports[@]}"; do
   port=${ports[$i]}
