@@ -599,3 +599,110 @@ impl DatasetRepository {
         Ok(DeleteOutcome::Deleted(record))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::jobs::{JobRepository, NewJob};
+    use crate::testing::{TestBackend, run_on};
+
+    async fn store(repo: &DatasetRepository, name: &str, bytes: &[u8]) -> Stored {
+        let mut upload = repo.begin_upload(DatasetKind::Text).unwrap();
+        upload.write_all(bytes).unwrap();
+        let stats = UploadStats {
+            lines: 1,
+            records: 1,
+        };
+        repo.finish_upload(upload, name.into(), String::new(), stats)
+            .await
+            .unwrap()
+    }
+
+    async fn lifecycle(backend: TestBackend) {
+        run_on(backend, |database, artifacts| async move {
+            let repo = DatasetRepository::new(database.clone(), ArtifactStore::new(&artifacts));
+            let Stored::Created(first) = store(&repo, "a", b"hello corpus").await else {
+                panic!("the first upload creates");
+            };
+            assert_eq!(first.sha256, crate::artifacts::sha256_hex(b"hello corpus"));
+            assert_eq!(
+                std::fs::read(repo.path_of(&first)).unwrap(),
+                b"hello corpus"
+            );
+            // The same bytes again: the same dataset, and the second copy is gone.
+            assert_eq!(
+                store(&repo, "b", b"hello corpus").await,
+                Stored::Existing(first.clone())
+            );
+            assert_eq!(std::fs::read_dir(repo.datasets_dir()).unwrap().count(), 1);
+            // A dropped upload leaves nothing.
+            let mut upload = repo.begin_upload(DatasetKind::Jsonl).unwrap();
+            upload.write_all(b"partial").unwrap();
+            drop(upload);
+            assert_eq!(std::fs::read_dir(repo.datasets_dir()).unwrap().count(), 1);
+
+            let Stored::Created(second) = store(&repo, "c", b"other corpus").await else {
+                panic!("other bytes are another dataset");
+            };
+            let (page, total) = repo.list(1, 0).await.unwrap();
+            assert_eq!((page, total), (vec![first.clone()], 2));
+            let (page, _) = repo.list(10, 1).await.unwrap();
+            assert_eq!(page, vec![second.clone()]);
+            assert_eq!(repo.find(first.id).await.unwrap(), Some(first.clone()));
+
+            // Read by a queued job: not deletable, and listed as used.
+            let jobs = JobRepository::new(database.clone());
+            let job = jobs
+                .insert_reading(
+                    NewJob {
+                        phase: "cognate".into(),
+                        spec: serde_json::json!({}),
+                        priority: 0,
+                        max_attempts: 1,
+                    },
+                    &[(first.id, DatasetRole::Corpus, first.sha256.clone())],
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                repo.of_job(job.id).await.unwrap(),
+                vec![JobDataset {
+                    job_id: job.id,
+                    dataset_id: first.id,
+                    role: DatasetRole::Corpus,
+                    sha256: first.sha256.clone(),
+                }]
+            );
+            match repo.delete(first.id).await.unwrap() {
+                DeleteOutcome::InUse(uses) => assert_eq!(uses[0].job_id, job.id),
+                other => panic!("expected InUse, got {other:?}"),
+            }
+            // Once the job is over, it can go, with its file.
+            jobs.request_cancel(job.id).await.unwrap();
+            let path = repo.path_of(&first);
+            assert!(matches!(
+                repo.delete(first.id).await.unwrap(),
+                DeleteOutcome::Deleted(_)
+            ));
+            assert!(!path.exists());
+            assert_eq!(repo.find(first.id).await.unwrap(), None);
+            assert_eq!(
+                repo.delete(first.id).await.unwrap(),
+                DeleteOutcome::NotFound
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn datasets_are_stored_once_per_content_and_kept_while_jobs_read_them_on_sqlite() {
+        lifecycle(TestBackend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn datasets_are_stored_once_per_content_and_kept_while_jobs_read_them_on_postgres() {
+        lifecycle(TestBackend::Postgres).await;
+    }
+}

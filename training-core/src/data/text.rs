@@ -662,4 +662,59 @@ mod tests {
         assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
         assert_ne!(first.train.inputs, changed.train.inputs);
     }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_but_never_a_kept_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        // a is the oldest, c the newest; each is 100 bytes.
+        for (age, key) in [(30, "a"), (20, "b"), (10, "c")] {
+            let path = dir.path().join(format!("{key}.tokens"));
+            fs::write(&path, [0u8; 100]).unwrap();
+            fs::File::options()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(now - std::time::Duration::from_secs(age))
+                .unwrap();
+        }
+        fs::write(dir.path().join("x.tmp-1"), [0u8; 500]).unwrap();
+        // Within the bound: nothing goes.
+        let report = evict(dir.path(), 300, &HashSet::new()).unwrap();
+        assert!(report.removed.is_empty());
+        // Over it: the oldest goes first, except a kept one.
+        let keep: HashSet<String> = ["a".to_string()].into();
+        let report = evict(dir.path(), 150, &keep).unwrap();
+        assert_eq!(
+            report.removed,
+            vec![("b".to_string(), 100), ("c".to_string(), 100)]
+        );
+        assert_eq!(report.remaining_bytes, 100);
+        assert!(dir.path().join("a.tokens").exists());
+        assert!(dir.path().join("x.tmp-1").exists(), "writes in flight stay");
+    }
+
+    #[test]
+    fn inspect_counts_records_and_refuses_an_empty_corpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.jsonl");
+        fs::write(&path, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}").unwrap();
+        let format = TextFormat::Jsonl {
+            field: "text".into(),
+        };
+        assert_eq!(
+            inspect(&path, &format).unwrap(),
+            Inspection {
+                lines: 3,
+                records: 2
+            }
+        );
+        fs::write(&path, "{\"text\": \"\"}\n").unwrap();
+        assert!(matches!(
+            inspect(&path, &format),
+            Err(Error::DataFile { .. })
+        ));
+        fs::write(&path, "").unwrap();
+        assert!(inspect(&path, &TextFormat::Plain).is_err());
+    }
 }
