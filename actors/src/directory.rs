@@ -19,6 +19,7 @@ pub mod names {
     /// Only in a cluster (`broker.url` set).
     pub const REDIS_BRIDGE: &str = "redis_bridge";
     pub const MODEL_SERVICE: &str = "model_service";
+    pub const DATASET_SERVICE: &str = "dataset_service";
     pub const TRAINING_SERVICE: &str = "training_service";
     pub const MONITORING_SERVICE: &str = "monitoring_service";
     pub const WEBSOCKET_HUB: &str = "websocket_hub";

@@ -28,6 +28,12 @@ pub struct NodeMetrics {
     pub training_accuracy: Gauge,
     pub training_step_duration_seconds: Histogram,
     pub checkpoints_written_total: IntCounter,
+    /// Jobs whose prepared data came from the shared cache (no tokenisation).
+    pub dataset_cache_hits_total: IntCounter,
+    /// Jobs that had to prepare (tokenise) their data, then cached it.
+    pub dataset_cache_misses_total: IntCounter,
+    /// Prepared-data cache entries evicted to stay within `storage.max_cache_bytes`.
+    pub dataset_cache_evictions_total: IntCounter,
     /// HTTP requests by method, route template (`/jobs/{id}`) and status code.
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
@@ -142,6 +148,20 @@ impl NodeMetrics {
             "Training checkpoints written",
         )
         .expect("static metric definition");
+        let counter =
+            |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
+        let dataset_cache_hits_total = counter(
+            "grokforge_dataset_cache_hits_total",
+            "Jobs whose prepared data came from the prepared-data cache",
+        );
+        let dataset_cache_misses_total = counter(
+            "grokforge_dataset_cache_misses_total",
+            "Jobs that prepared (tokenised) their data and cached it",
+        );
+        let dataset_cache_evictions_total = counter(
+            "grokforge_dataset_cache_evictions_total",
+            "Prepared-data cache entries evicted, least recently used first",
+        );
 
         let http_requests_total = IntCounterVec::new(
             Opts::new(
@@ -261,6 +281,9 @@ impl NodeMetrics {
             Box::new(training_accuracy.clone()),
             Box::new(training_step_duration_seconds.clone()),
             Box::new(checkpoints_written_total.clone()),
+            Box::new(dataset_cache_hits_total.clone()),
+            Box::new(dataset_cache_misses_total.clone()),
+            Box::new(dataset_cache_evictions_total.clone()),
             Box::new(http_requests_total.clone()),
             Box::new(http_request_duration_seconds.clone()),
             Box::new(websocket_connections.clone()),
@@ -287,6 +310,9 @@ impl NodeMetrics {
             training_accuracy,
             training_step_duration_seconds,
             checkpoints_written_total,
+            dataset_cache_hits_total,
+            dataset_cache_misses_total,
+            dataset_cache_evictions_total,
             http_requests_total,
             http_request_duration_seconds,
             websocket_connections,

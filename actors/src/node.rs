@@ -1,7 +1,7 @@
 //! Booting and stopping a node.
 //!
 //! Boot follows the dependency order of DESIGN.md: broker → database → the supervised
-//! services (EventBus, ModelService, TrainingService, MonitoringService, WebSocketHub,
+//! services (EventBus, ModelService, DatasetService, TrainingService, MonitoringService, WebSocketHub,
 //! Discovery). A *configured* dependency that does not answer is retried with exponential
 //! backoff until the boot deadline, then boot fails with an error naming it. The gateway is
 //! started last by the caller, once [`Node::start`] has returned.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use grokforge_config::{ConfigManager, DatabaseKind, Settings};
 use grokforge_storage::jobs::JobRepository;
-use grokforge_storage::{Database, DatabaseTarget};
+use grokforge_storage::{ArtifactStore, Database, DatabaseTarget, DatasetRepository};
 use grokforge_training_core::Device;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorRef};
@@ -26,6 +26,7 @@ use crate::directory::{ServiceDirectory, names};
 use crate::events::Event;
 use crate::metrics::NodeMetrics;
 use crate::resilience::{RetryPolicy, retry};
+use crate::services::datasets::{self, DatasetService};
 use crate::services::discovery::{self, ClusterDiscovery, Discovery, Membership, NodeInfo};
 use crate::services::model::{self, ModelLists, ModelService};
 use crate::services::monitoring::{self, HealthProbe, MonitoringService};
@@ -153,9 +154,22 @@ impl Node {
             publisher: publisher(names::MODEL_SERVICE),
             lists: model_lists.clone(),
         };
+        let dataset_args = datasets::Arguments {
+            database: database.clone(),
+            artifacts_dir: settings.artifacts_dir(),
+            cache_dir: settings.artifacts_dir().join("cache"),
+            max_dataset_bytes: settings.storage.max_dataset_bytes,
+            max_cache_bytes: settings.storage.max_cache_bytes,
+            metrics: metrics.clone(),
+            evict_every: Duration::from_secs(60),
+        };
         let training_args = training::Arguments {
             node_id: node_id.clone(),
             jobs: JobRepository::new(database.clone()),
+            datasets: DatasetRepository::new(
+                database.clone(),
+                ArtifactStore::new(settings.artifacts_dir()),
+            ),
             settings: settings.training.clone(),
             device,
             // In the artifacts directory, which the nodes of a cluster share: a node that takes
@@ -247,6 +261,9 @@ impl Node {
         children.extend([
             ChildSpec::new(names::MODEL_SERVICE, move || {
                 (ModelService, model_args.clone())
+            }),
+            ChildSpec::new(names::DATASET_SERVICE, move || {
+                (DatasetService, dataset_args.clone())
             }),
             ChildSpec::new(names::TRAINING_SERVICE, move || {
                 (TrainingService, training_args.clone())

@@ -245,6 +245,7 @@ async fn shutdown_runs_in_reverse_boot_order() {
             names::WEBSOCKET_HUB,
             names::MONITORING_SERVICE,
             names::TRAINING_SERVICE,
+            names::DATASET_SERVICE,
             names::MODEL_SERVICE,
             names::EVENT_BUS
         ]

@@ -300,11 +300,27 @@ impl fmt::Debug for DatabaseSettings {
 }
 
 /// Where files go.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// `None` means `<data_dir>/artifacts`.
     pub artifacts_dir: Option<PathBuf>,
+    /// Largest dataset (`POST /datasets`) accepted; a bigger upload is refused with 413 as
+    /// soon as it passes this, and its partial file is deleted.
+    pub max_dataset_bytes: u64,
+    /// Bound on the prepared-data cache (`<artifacts>/cache`): past it, the entries used least
+    /// recently are evicted, never one that a running job uses.
+    pub max_cache_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            artifacts_dir: None,
+            max_dataset_bytes: 1 << 30,
+            max_cache_bytes: 10 << 30,
+        }
+    }
 }
 
 /// How this node runs training jobs.

@@ -138,6 +138,8 @@ impl Settings {
         {
             problems.push("storage.artifacts_dir", "must not be empty when set");
         }
+        problems.positive("storage.max_dataset_bytes", self.storage.max_dataset_bytes);
+        problems.positive("storage.max_cache_bytes", self.storage.max_cache_bytes);
     }
 
     fn validate_training(&self, problems: &mut Problems) {

@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod dashboard;
+mod datasets;
 mod health;
 mod jobs;
 mod metrics;
@@ -81,6 +82,7 @@ impl Breakers {
         let services = [
             names::TRAINING_SERVICE,
             names::MODEL_SERVICE,
+            names::DATASET_SERVICE,
             names::MONITORING_SERVICE,
             names::WEBSOCKET_HUB,
             names::DISCOVERY,
@@ -292,16 +294,43 @@ pub fn routes(
         .and_then(models::delete);
     let export = warp::path!("models" / "export")
         .and(warp::post())
-        .and(user)
+        .and(user.clone())
         .and(warp::body::content_length_limit(max_body_bytes))
         .and(warp::body::bytes())
         .and(with_state.clone())
         .and_then(models::export);
     let download = warp::path!("exports" / String)
         .and(warp::get())
-        .and(read)
-        .and(with_state)
+        .and(read.clone())
+        .and(with_state.clone())
         .and_then(models::download);
+    // The body is streamed to the dataset service, so no `content_length_limit` here: the
+    // service bounds it by `storage.max_dataset_bytes` (a declared length above that is
+    // refused before any byte is read).
+    let upload_dataset = warp::path!("datasets")
+        .and(warp::post())
+        .and(user.clone())
+        .and(warp::query::<datasets::UploadQuery>())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and(with_state.clone())
+        .and_then(datasets::upload);
+    let list_datasets = warp::path!("datasets")
+        .and(warp::get())
+        .and(read.clone())
+        .and(warp::query::<datasets::ListQuery>())
+        .and(with_state.clone())
+        .and_then(datasets::list);
+    let get_dataset = warp::path!("datasets" / String)
+        .and(warp::get())
+        .and(read)
+        .and(with_state.clone())
+        .and_then(datasets::get);
+    let delete_dataset = warp::path!("datasets" / String)
+        .and(warp::delete())
+        .and(user)
+        .and(with_state)
+        .and_then(datasets::delete);
     let dashboard = warp::path::end()
         .and(warp::get())
         .and_then(dashboard::index)
@@ -331,6 +360,10 @@ pub fn routes(
         .or(cancel_job)
         .or(download)
         .or(alerts)
+        .or(list_datasets)
+        .or(get_dataset)
+        .or(upload_dataset)
+        .or(delete_dataset)
         .or(dashboard)
         .recover(problem::recover)
         .with(warp::log::custom(move |info| {

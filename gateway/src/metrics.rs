@@ -41,6 +41,8 @@ pub fn route_template(path: &str) -> &'static str {
         [Some("models"), Some("export"), None, None] => "/models/export",
         [Some("models"), Some(_), None, None] => "/models/{id}",
         [Some("exports"), Some(_), None, None] => "/exports/{id}",
+        [Some("datasets"), None, None, None] => "/datasets",
+        [Some("datasets"), Some(_), None, None] => "/datasets/{id}",
         [Some("dashboard"), Some(_), _, None] => "/dashboard/{file}",
         _ => "unmatched",
     }
@@ -117,6 +119,12 @@ mod tests {
             ("/models/export", "/models/export"),
             ("/models/abc", "/models/{id}"),
             ("/exports/abc", "/exports/{id}"),
+            ("/datasets", "/datasets"),
+            (
+                "/datasets/ds:0190a4b2-0000-7000-8000-000000000000",
+                "/datasets/{id}",
+            ),
+            ("/datasets/a/b", "unmatched"),
             ("/ws", "/ws"),
             ("/openapi.json", "/openapi.json"),
             ("/no/such/route/here", "unmatched"),

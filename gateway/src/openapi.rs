@@ -75,6 +75,10 @@ pub fn json() -> &'static str {
         crate::models::delete,
         crate::models::export,
         crate::models::download,
+        crate::datasets::upload,
+        crate::datasets::list,
+        crate::datasets::get,
+        crate::datasets::delete,
         crate::health::health,
         crate::health::ready,
         crate::health::cluster_nodes,
@@ -95,6 +99,8 @@ pub fn json() -> &'static str {
     tags(
         (name = "jobs", description = "Training phases and the jobs that run them."),
         (name = "models", description = "The model registry and export packages."),
+        (name = "datasets", description = "Uploaded corpora and tokenizers, and the built-in \
+            tasks."),
         (name = "events", description = "Live events over WebSocket."),
         (name = "node", description = "Health, readiness, metrics and the cluster."),
         (name = "meta", description = "This document."),
@@ -116,9 +122,9 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "`Authorization: Bearer <token>`. A token has one role, and roles nest: \
-                         `read` may call the GET routes, `user` also starts and cancels jobs and \
-                         deletes and exports models, `admin` may do everything. Each operation \
-                         lists the roles it accepts.",
+                         `read` may call the GET routes, `user` also starts and cancels jobs, \
+                         deletes and exports models and uploads and deletes datasets, `admin` \
+                         may do everything. Each operation lists the roles it accepts.",
                     ))
                     .build(),
             ),
@@ -419,6 +425,10 @@ mod tests {
             ("delete", "/models/{id}"),
             ("post", "/models/export"),
             ("get", "/exports/{id}"),
+            ("post", "/datasets"),
+            ("get", "/datasets"),
+            ("get", "/datasets/{id}"),
+            ("delete", "/datasets/{id}"),
             ("get", "/health"),
             ("get", "/ready"),
             ("get", "/metrics"),

@@ -117,6 +117,10 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Problem, Infallible> 
         problem.clone()
     } else if rejection.is_not_found() {
         Problem::new(StatusCode::NOT_FOUND, "no such route")
+    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
+        // Before MethodNotAllowed: a route whose method matched refused the query, while
+        // another route on the same path (`GET` beside `POST /datasets`) refused the method.
+        Problem::new(StatusCode::BAD_REQUEST, e.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -124,8 +128,6 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Problem, Infallible> 
         )
     } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        Problem::new(StatusCode::BAD_REQUEST, e.to_string())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")

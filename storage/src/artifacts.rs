@@ -405,6 +405,31 @@ impl PendingFile {
             .map_err(StorageError::io(self.temp.path()))
     }
 
+    /// Bytes written so far.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Where the bytes are until [`commit`](Self::commit).
+    pub fn temp_path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// Flushes and fsyncs the temp file (so it can be read back whole and validated before it
+    /// is committed) and returns the digest of what was written.
+    pub fn sync(&mut self) -> Result<FileDigest, StorageError> {
+        let temp_path = self.temp.path().to_path_buf();
+        self.temp.flush().map_err(StorageError::io(&temp_path))?;
+        self.temp
+            .as_file()
+            .sync_all()
+            .map_err(StorageError::io(&temp_path))?;
+        Ok(FileDigest {
+            size_bytes: self.size_bytes,
+            sha256: hex(&self.hasher.clone().finalize()),
+        })
+    }
+
     /// Where the file will appear.
     pub fn target(&self) -> &Path {
         &self.target

@@ -15,6 +15,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::StorageError;
+use crate::datasets::DatasetRole;
 use crate::db::{Backend, Database, with_pool};
 use crate::models::now_micros;
 
@@ -223,6 +224,17 @@ impl JobRepository {
 
     /// Queues a new job.
     pub async fn insert(&self, job: NewJob) -> Result<JobRecord, StorageError> {
+        self.insert_reading(job, &[]).await
+    }
+
+    /// Queues a new job that reads uploaded datasets: `datasets` gives each one's id, role and
+    /// the SHA-256 it has now (every attempt checks the file against it). The job and its links
+    /// are written in one transaction; a dataset deleted meanwhile fails the insert.
+    pub async fn insert_reading(
+        &self,
+        job: NewJob,
+        datasets: &[(Uuid, DatasetRole, String)],
+    ) -> Result<JobRecord, StorageError> {
         if job.phase.is_empty() {
             return Err(StorageError::invalid("phase", "must not be empty"));
         }
@@ -252,20 +264,36 @@ impl JobRepository {
             updated_at: now,
         };
         let result: Result<(), sqlx::Error> = with_pool!(&self.db, |pool| {
-            sqlx::query(
-                "INSERT INTO jobs (id, phase, spec, status, priority, attempts, max_attempts, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7)",
-            )
-            .bind(record.id)
-            .bind(&record.phase)
-            .bind(Json(&record.spec))
-            .bind(record.status.as_str())
-            .bind(record.priority)
-            .bind(i64::from(record.max_attempts))
-            .bind(record.created_at)
-            .execute(pool)
+            async {
+                let mut tx = pool.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO jobs (id, phase, spec, status, priority, attempts, max_attempts, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7)",
+                )
+                .bind(record.id)
+                .bind(&record.phase)
+                .bind(Json(&record.spec))
+                .bind(record.status.as_str())
+                .bind(record.priority)
+                .bind(i64::from(record.max_attempts))
+                .bind(record.created_at)
+                .execute(&mut *tx)
+                .await?;
+                for (dataset_id, role, sha256) in datasets {
+                    sqlx::query(
+                        "INSERT INTO job_datasets (job_id, dataset_id, role, sha256) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(record.id)
+                    .bind(*dataset_id)
+                    .bind(role.as_str())
+                    .bind(sha256)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await
+            }
             .await
-            .map(|_| ())
         });
         result.map_err(|e| self.db.error(e))?;
         Ok(record)

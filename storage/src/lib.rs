@@ -9,11 +9,14 @@
 //!   handoffs between phases; [`ModelRegistry`] ties the database and the artifact store.
 //! * [`export`] — export packages (zip, or a directory) with a checksummed manifest.
 //! * [`jobs`] — training job records and their durable event log.
+//! * [`datasets`] — uploaded corpora and tokenizers (`ds:<id>`), deduplicated by content, and
+//!   which jobs read them.
 //! * [`fs`] — the data directory itself: checks that it is writable.
 //! * [`tokens`] — tokens every node of a cluster accepts, as SHA-256 digests.
 //! * [`testing`] — throwaway databases for tests (a SQLite file, a PostgreSQL schema).
 
 pub mod artifacts;
+pub mod datasets;
 pub mod db;
 pub mod export;
 pub mod fs;
@@ -24,6 +27,10 @@ pub mod testing;
 pub mod tokens;
 
 pub use artifacts::{ArtifactStore, GcOptions, GcReason, GcRemoval, GcReport};
+pub use datasets::{
+    DatasetKind, DatasetRecord, DatasetRepository, DatasetRole, DatasetUse, DeleteOutcome,
+    JobDataset, PendingUpload, Stored, UploadStats,
+};
 pub use db::{Database, DatabaseTarget};
 pub use export::{Compression, ExportFormat, ExportRecord};
 pub use jobs::{AttemptError, JobEvent, JobFilter, JobRecord, JobRepository, JobStatus, NewJob};

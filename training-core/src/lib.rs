@@ -56,7 +56,7 @@ pub use phase::{
     Phase, PhaseContext, PhaseOutcome, PhaseStatus, Recipe, RecipeObserver, VariantPlan,
     VariantResult, load_model, phases_with_recipe, recipe_for,
 };
-pub use spec::{PATH_FIELDS, TrainSpec};
+pub use spec::{PATH_FIELDS, TrainSpec, UPLOADED_DATASET_PREFIX, uploaded_dataset_id};
 pub use train::{
     EvalRecord, MetricHistory, NoopObserver, OptimizerKind, Progress, RunConfig, RunControl,
     RunOutcome, StopReason, Trainer, TrainingObserver,

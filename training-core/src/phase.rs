@@ -138,6 +138,8 @@ pub trait RecipeObserver: TrainingObserver {
     fn on_variant_start(&mut self, _plan: &VariantPlan) {}
     /// A variant finished, was cancelled, or was found already finished.
     fn on_variant_end(&mut self, _result: &VariantResult) {}
+    /// The run's data is ready (read from the prepared-data cache, or prepared now).
+    fn on_dataset_prepared(&mut self, _dataset: &Dataset) {}
 }
 
 impl RecipeObserver for crate::train::NoopObserver {}
@@ -268,6 +270,7 @@ impl Recipe for CognateRecipe {
             &spec.data_source()?,
             &spec.dataset_options(ctx.cache_dir.clone())?,
         )?);
+        ctx.observer.on_dataset_prepared(&dataset);
         let backend = crate::device::backend_description(&ctx.device);
         let mut resume = resume;
         let mut variants = Vec::with_capacity(spec.variants);

@@ -47,7 +47,8 @@ pub struct TrainSpec {
     pub n_heads: Option<usize>,
     /// MLP width override.
     pub d_ff: Option<usize>,
-    /// An algorithmic task such as `mod-mul:97`. Used when `text` is not given.
+    /// An algorithmic task such as `mod-mul:97`, or an uploaded corpus `ds:<id>`
+    /// (`POST /datasets`). Used when `text` is not given.
     pub dataset: Option<String>,
     /// A local text corpus (UTF-8 text, or `.jsonl` reading `text_field`).
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
@@ -57,6 +58,9 @@ pub struct TrainSpec {
     /// A Hugging Face `tokenizer.json` for `text`; default the byte-level tokenizer.
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub tokenizer: Option<PathBuf>,
+    /// An uploaded `tokenizer.json` (`ds:<id>`) for an uploaded corpus; default the byte-level
+    /// tokenizer.
+    pub tokenizer_dataset: Option<String>,
     /// Sequence length for text.
     pub seq_len: usize,
     /// Share of the examples used for training; default 0.5 for algorithmic tasks (the paper's
@@ -133,6 +137,7 @@ impl Default for TrainSpec {
             text: None,
             text_field: "text".to_string(),
             tokenizer: None,
+            tokenizer_dataset: None,
             seq_len: 64,
             train_fraction: None,
             steps: 1000,
@@ -171,6 +176,14 @@ impl Default for TrainSpec {
 /// network must leave them out, since they would let a client make the node read (`text`,
 /// `tokenizer`, `resume`) or write (`out`) a path of its choosing.
 pub const PATH_FIELDS: [&str; 4] = ["text", "tokenizer", "out", "resume"];
+
+/// How a spec names an uploaded dataset: `ds:<id>`.
+pub const UPLOADED_DATASET_PREFIX: &str = "ds:";
+
+/// The id of an uploaded-dataset reference (`ds:<id>` → `<id>`), if `value` is one.
+pub fn uploaded_dataset_id(value: &str) -> Option<&str> {
+    value.strip_prefix(UPLOADED_DATASET_PREFIX)
+}
 
 /// The algorithmic task used when neither `dataset` nor `text` is given: the paper's.
 pub const DEFAULT_DATASET: &str = "mod-mul:97";
@@ -212,7 +225,34 @@ impl TrainSpec {
                 "give either `dataset` or `text`, not both",
             ));
         }
-        self.data_source()?;
+        let uploaded = self.uploaded_dataset();
+        match uploaded {
+            Some(id) => check_reference("dataset", id)?,
+            None => {
+                self.data_source()?;
+            }
+        }
+        if let Some(tokenizer) = &self.tokenizer_dataset {
+            let Some(id) = uploaded_dataset_id(tokenizer) else {
+                return Err(Error::invalid(
+                    "tokenizer_dataset",
+                    format!("expected an uploaded tokenizer `ds:<id>`, got {tokenizer:?}"),
+                ));
+            };
+            check_reference("tokenizer_dataset", id)?;
+            if uploaded.is_none() {
+                return Err(Error::invalid(
+                    "tokenizer_dataset",
+                    "only applies to an uploaded corpus (`dataset`: `ds:<id>`)",
+                ));
+            }
+            if self.tokenizer.is_some() {
+                return Err(Error::invalid(
+                    "tokenizer_dataset",
+                    "give either `tokenizer` or `tokenizer_dataset`, not both",
+                ));
+            }
+        }
         if self.tokenizer.is_some() && self.text.is_none() {
             return Err(Error::invalid(
                 "tokenizer",
@@ -268,6 +308,12 @@ impl TrainSpec {
         crate::device::parse_device(&self.device).map(|_| ())
     }
 
+    /// The id of the uploaded corpus the spec names (`dataset`: `ds:<id>`), if any. The node
+    /// that runs the job resolves it to the dataset's file (setting `text`) before training.
+    pub fn uploaded_dataset(&self) -> Option<&str> {
+        self.dataset.as_deref().and_then(uploaded_dataset_id)
+    }
+
     /// Where the data comes from.
     pub fn data_source(&self) -> Result<DataSource> {
         match (&self.text, &self.dataset) {
@@ -278,6 +324,10 @@ impl TrainSpec {
                     None => source,
                 }))
             }
+            (None, Some(spec)) if uploaded_dataset_id(spec).is_some() => Err(Error::invalid(
+                "dataset",
+                format!("{spec} is an uploaded dataset, which only a node can read"),
+            )),
             (None, Some(spec)) => Ok(DataSource::Algorithmic(spec.parse::<ModularTask>()?)),
             (None, None) => Ok(DataSource::Algorithmic(DEFAULT_DATASET.parse()?)),
         }
@@ -375,6 +425,21 @@ impl TrainSpec {
         };
         config.model.validate()?;
         Ok(config)
+    }
+}
+
+/// An uploaded-dataset id as a spec may carry it: a UUID's characters (the node checks it
+/// names a dataset).
+fn check_reference(field: &'static str, id: &str) -> Result<()> {
+    let ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("`ds:{id}` is not an uploaded dataset's id (`ds:<uuid>`)"),
+        ))
     }
 }
 
@@ -485,6 +550,45 @@ mod tests {
             }
             .validate()
             .is_err()
+        );
+    }
+
+    #[test]
+    fn uploaded_datasets_are_named_by_id_and_tokenizers_need_one() {
+        let id = "0190a4b2-0000-7000-8000-000000000000";
+        let spec = TrainSpec {
+            dataset: Some(format!("ds:{id}")),
+            tokenizer_dataset: Some(format!("ds:{id}")),
+            ..Default::default()
+        };
+        spec.validate().unwrap();
+        assert_eq!(spec.uploaded_dataset(), Some(id));
+        assert!(spec.data_source().is_err(), "only a node resolves it");
+        let bad = |spec: TrainSpec, field: &str| match spec.validate() {
+            Err(Error::InvalidSetting { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected {field} to be refused, got {other:?}"),
+        };
+        bad(
+            TrainSpec {
+                dataset: Some("ds:/etc/passwd".into()),
+                ..Default::default()
+            },
+            "dataset",
+        );
+        bad(
+            TrainSpec {
+                tokenizer_dataset: Some("/etc/passwd".into()),
+                dataset: Some(format!("ds:{id}")),
+                ..Default::default()
+            },
+            "tokenizer_dataset",
+        );
+        bad(
+            TrainSpec {
+                tokenizer_dataset: Some(format!("ds:{id}")),
+                ..Default::default()
+            },
+            "tokenizer_dataset",
         );
     }
 

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use grokforge_training_core::data::CacheUse;
 use grokforge_training_core::{
-    Device, Phase, PhaseContext, PhaseOutcome, Progress, RecipeObserver, TrainSpec,
+    Dataset, Device, Phase, PhaseContext, PhaseOutcome, Progress, RecipeObserver, TrainSpec,
     TrainingObserver, VariantPlan, VariantResult, recipe_for,
 };
 use uuid::Uuid;
@@ -35,6 +36,8 @@ pub enum WorkerReport {
         step: u64,
         path: PathBuf,
     },
+    /// The run's data is ready; how it used the prepared-data cache (`None`: not cached).
+    DatasetPrepared(Option<CacheUse>),
     VariantEnded(Box<VariantResult>),
     /// The recipe returned (completed or cancelled) or failed; always the last report.
     Finished(Result<Box<PhaseOutcome>, RunFailure>),
@@ -92,6 +95,48 @@ pub struct JobRun {
     pub device: Device,
     pub cache_dir: Option<PathBuf>,
     pub progress_per_second: u32,
+    /// Files to check before training: each must still have the SHA-256 it had when the job
+    /// was queued.
+    pub verify: Vec<VerifyFile>,
+}
+
+/// An input file and the SHA-256 it must have.
+#[derive(Debug, Clone)]
+pub struct VerifyFile {
+    /// How errors name it (`ds:<id>`).
+    pub label: String,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+impl VerifyFile {
+    /// Streams the file through SHA-256 and compares.
+    fn check(&self) -> Result<(), String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut file = std::fs::File::open(&self.path)
+            .map_err(|e| format!("dataset {} cannot be read: {e}", self.label))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = file
+                .read(&mut buffer)
+                .map_err(|e| format!("dataset {} cannot be read: {e}", self.label))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+        let found = format!("{:x}", hasher.finalize());
+        if found != self.sha256 {
+            return Err(format!(
+                "dataset {} changed: its bytes hash to {found}, the job was queued on {}; \
+                 refusing to train (or resume) on different data",
+                self.label, self.sha256
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A running worker: its cancel flag and thread.
@@ -167,6 +212,13 @@ fn execute(
     report: &dyn Fn(WorkerReport),
 ) -> Result<PhaseOutcome, RunFailure> {
     let recipe = recipe_for(run.phase).map_err(|e| RunFailure::retryable(e.to_string()))?;
+    // Bytes that differ from the job's record stay different on every attempt.
+    for file in &run.verify {
+        file.check().map_err(|message| RunFailure {
+            message,
+            retryable: false,
+        })?;
+    }
     let interval = Duration::from_secs_f64(1.0 / f64::from(run.progress_per_second.max(1)));
     let mut observer = Reporter {
         report,
@@ -231,6 +283,10 @@ impl RecipeObserver for Reporter<'_> {
 
     fn on_variant_end(&mut self, result: &VariantResult) {
         (self.report)(WorkerReport::VariantEnded(Box::new(result.clone())));
+    }
+
+    fn on_dataset_prepared(&mut self, dataset: &Dataset) {
+        (self.report)(WorkerReport::DatasetPrepared(dataset.cache.clone()));
     }
 }
 

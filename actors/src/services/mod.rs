@@ -1,5 +1,6 @@
 //! The services a node supervises, one actor per file.
 
+pub mod datasets;
 pub mod discovery;
 pub mod job_worker;
 pub mod model;

@@ -19,9 +19,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use grokforge_config::TrainingSettings;
-use grokforge_storage::StorageError;
 use grokforge_storage::jobs::{JobEvent, JobFilter, JobRecord, JobRepository, JobStatus, NewJob};
 use grokforge_storage::queue::{Finish, Renewal};
+use grokforge_storage::{DatasetKind, DatasetRecord, DatasetRepository, DatasetRole, StorageError};
 use grokforge_training_core::{Device, Phase, PhaseError, PhaseOutcome, PhaseStatus, TrainSpec};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::Pingable;
 use super::discovery::Membership;
-use super::job_worker::{JobRun, JobWorker, RunFailure, WorkerReport};
+use super::job_worker::{JobRun, JobWorker, RunFailure, VerifyFile, WorkerReport};
 use super::model::ModelServiceMessage;
 use crate::bus::Publisher;
 use crate::directory::{ServiceDirectory, names};
@@ -54,7 +54,8 @@ pub enum TrainingError {
     /// and writes.
     #[error(
         "`{field}` names a file on the server, which a request may not do; \
-         upload a corpus with POST /datasets and refer to it with `dataset`"
+         upload a corpus with POST /datasets and refer to it with `dataset`: `ds:<id>` \
+         (a tokenizer.json with `tokenizer_dataset`)"
     )]
     PathField { field: &'static str },
     #[error("job {0} not found")]
@@ -126,6 +127,9 @@ impl Pingable for TrainingServiceMessage {
 pub struct Arguments {
     pub node_id: String,
     pub jobs: JobRepository,
+    /// Uploaded datasets: resolved when a job is queued (they must exist) and when it starts
+    /// (to the files the worker reads, whose hashes it checks).
+    pub datasets: DatasetRepository,
     pub settings: TrainingSettings,
     pub device: Device,
     /// `<data_dir>/jobs`: one work directory per job.
@@ -147,8 +151,17 @@ pub struct Arguments {
 struct RunningJob {
     worker: JobWorker,
     phase: Phase,
+    /// The uploaded datasets it reads (id, name, hash), for its models' metadata.
+    inputs: Option<serde_json::Value>,
     /// The latest step of the current variant heard of, from progress or checkpoints.
     last_step: u64,
+}
+
+/// What `finish` needs of a run whose worker ended.
+struct EndedRun {
+    phase: Phase,
+    last_step: u64,
+    inputs: Option<serde_json::Value>,
 }
 
 impl RunningJob {
@@ -408,17 +421,41 @@ impl TrainingServiceState {
             }
             other => TrainingError::InvalidSpec(other.to_string()),
         })?;
+        let mut reads = Vec::new();
+        if let Some(reference) = spec
+            .dataset
+            .as_deref()
+            .filter(|_| spec.uploaded_dataset().is_some())
+        {
+            let corpus = self
+                .uploaded(
+                    reference,
+                    "dataset",
+                    &[DatasetKind::Text, DatasetKind::Jsonl],
+                )
+                .await?;
+            reads.push((corpus.id, DatasetRole::Corpus, corpus.sha256));
+        }
+        if let Some(reference) = spec.tokenizer_dataset.as_deref() {
+            let tokenizer = self
+                .uploaded(reference, "tokenizer_dataset", &[DatasetKind::Tokenizer])
+                .await?;
+            reads.push((tokenizer.id, DatasetRole::Tokenizer, tokenizer.sha256));
+        }
         let spec =
             serde_json::to_value(&spec).map_err(|e| TrainingError::InvalidSpec(e.to_string()))?;
         let job = self
             .args
             .jobs
-            .insert(NewJob {
-                phase: phase.to_string(),
-                spec,
-                priority,
-                max_attempts: self.args.settings.max_attempts,
-            })
+            .insert_reading(
+                NewJob {
+                    phase: phase.to_string(),
+                    spec,
+                    priority,
+                    max_attempts: self.args.settings.max_attempts,
+                },
+                &reads,
+            )
             .await?;
         tracing::info!(job_id = %job.id, %phase, priority, "job queued");
         self.args.publisher.publish(Event::JobQueued {
@@ -431,6 +468,32 @@ impl TrainingServiceState {
             .with_label_values(&["queued"])
             .inc();
         Ok(job)
+    }
+
+    /// The uploaded dataset `reference` (`ds:<id>`) names, which must be one of `kinds`.
+    async fn uploaded(
+        &self,
+        reference: &str,
+        field: &'static str,
+        kinds: &[DatasetKind],
+    ) -> Result<DatasetRecord, TrainingError> {
+        let refuse = |detail: String| TrainingError::InvalidField { field, detail };
+        let id = super::datasets::parse_reference(reference)
+            .ok_or_else(|| refuse(format!("`{field}`: {reference} is not `ds:<uuid>`")))?;
+        let record = self.args.datasets.find(id).await?.ok_or_else(|| {
+            refuse(format!(
+                "`{field}`: no uploaded dataset {reference} (see GET /datasets)"
+            ))
+        })?;
+        if !kinds.contains(&record.kind) {
+            let wanted: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            return Err(refuse(format!(
+                "`{field}`: {reference} is a {} dataset; expected {}",
+                record.kind.as_str(),
+                wanted.join(" or ")
+            )));
+        }
+        Ok(record)
     }
 
     async fn get(&self, id: Uuid) -> Result<JobRecord, TrainingError> {
@@ -598,6 +661,7 @@ impl TrainingServiceState {
             0 => node_every,
             asked => asked.min(node_every),
         };
+        let (verify, inputs) = self.resolve_uploads(job.id, &mut spec).await?;
         let resumed_from = spec.resume.clone();
         let attempt = job.attempts;
         let job_id = job.id;
@@ -611,6 +675,7 @@ impl TrainingServiceState {
                 device: self.args.device.clone(),
                 cache_dir: Some(self.args.cache_dir.clone()),
                 progress_per_second: self.args.settings.progress_events_per_second,
+                verify,
             },
             move |report| {
                 let _ = reply_to.cast(TrainingServiceMessage::Worker {
@@ -627,6 +692,7 @@ impl TrainingServiceState {
             RunningJob {
                 worker,
                 phase,
+                inputs,
                 last_step: 0,
             },
         );
@@ -645,6 +711,69 @@ impl TrainingServiceState {
         )
         .await;
         Ok(())
+    }
+
+    /// Points a job's spec at the files of the uploaded datasets it reads (server paths, set
+    /// here and never taken from the request), and returns what the worker must check before
+    /// training — each file against the hash it had when the job was queued, so a resumed job
+    /// never continues on different bytes — and the datasets for the models' metadata.
+    async fn resolve_uploads(
+        &self,
+        job_id: Uuid,
+        spec: &mut TrainSpec,
+    ) -> Result<(Vec<VerifyFile>, Option<serde_json::Value>), String> {
+        if spec.uploaded_dataset().is_none() {
+            return Ok((Vec::new(), None));
+        }
+        let links = self
+            .args
+            .datasets
+            .of_job(job_id)
+            .await
+            .map_err(|e| format!("reading the job's datasets: {e}"))?;
+        let mut verify = Vec::new();
+        let mut inputs = serde_json::Map::new();
+        for link in &links {
+            let record = self
+                .args
+                .datasets
+                .find(link.dataset_id)
+                .await
+                .map_err(|e| format!("reading dataset ds:{}: {e}", link.dataset_id))?
+                .ok_or_else(|| format!("dataset ds:{} was deleted", link.dataset_id))?;
+            let path = self.args.datasets.path_of(&record);
+            match link.role {
+                DatasetRole::Corpus => {
+                    spec.dataset = None;
+                    spec.text = Some(path.clone());
+                    if record.kind == DatasetKind::Jsonl {
+                        spec.text_field = record.text_field.clone();
+                    }
+                }
+                DatasetRole::Tokenizer => {
+                    spec.tokenizer_dataset = None;
+                    spec.tokenizer = Some(path.clone());
+                }
+            }
+            inputs.insert(
+                link.role.as_str().to_string(),
+                serde_json::json!({
+                    "id": record.reference(),
+                    "name": record.name,
+                    "kind": record.kind,
+                    "sha256": link.sha256,
+                }),
+            );
+            verify.push(VerifyFile {
+                label: record.reference(),
+                path,
+                sha256: link.sha256.clone(),
+            });
+        }
+        if spec.dataset.is_some() {
+            return Err("the job's uploaded dataset is not recorded with it".into());
+        }
+        Ok((verify, Some(serde_json::Value::Object(inputs))))
     }
 
     /// Appends the event to the job's log (which numbers it), then publishes it.
@@ -763,6 +892,21 @@ impl TrainingServiceState {
                 )
                 .await;
             }
+            WorkerReport::DatasetPrepared(cache) => {
+                let Some(cache) = cache else { return };
+                if cache.hit {
+                    self.args.metrics.dataset_cache_hits_total.inc();
+                    tracing::info!(%job_id, key = %cache.key, "prepared data from the cache");
+                } else {
+                    self.args.metrics.dataset_cache_misses_total.inc();
+                    tracing::info!(%job_id, key = %cache.key, "data prepared and cached");
+                    // A new entry: bound the cache now rather than at the next timer.
+                    self.args.directory.cast(
+                        names::DATASET_SERVICE,
+                        super::datasets::DatasetServiceMessage::EvictCache,
+                    );
+                }
+            }
             WorkerReport::VariantEnded(result) => {
                 tracing::info!(%job_id, variant = result.index, steps = result.steps, stop = ?result.stop, "variant ended");
             }
@@ -770,15 +914,17 @@ impl TrainingServiceState {
                 let Some(running) = self.running.remove(&job_id) else {
                     return;
                 };
-                let phase = running.phase;
-                let last_step = running.last_step;
+                let ended = EndedRun {
+                    phase: running.phase,
+                    last_step: running.last_step,
+                    inputs: running.inputs.clone(),
+                };
                 // The thread has returned its outcome; reap it off the async workers.
                 let _ = tokio::task::spawn_blocking(move || {
                     running.worker.stop(Duration::from_secs(5))
                 })
                 .await;
-                self.finish(myself, job_id, attempt, phase, last_step, outcome)
-                    .await;
+                self.finish(myself, job_id, attempt, ended, outcome).await;
                 self.fill(myself).await;
             }
         }
@@ -789,10 +935,14 @@ impl TrainingServiceState {
         myself: &ActorRef<TrainingServiceMessage>,
         job_id: Uuid,
         attempt: u32,
-        phase: Phase,
-        last_step: u64,
+        ended: EndedRun,
         outcome: Result<Box<PhaseOutcome>, RunFailure>,
     ) {
+        let EndedRun {
+            phase,
+            last_step,
+            inputs,
+        } = ended;
         let node = self.args.node_id.clone();
         let outcome = match outcome {
             Ok(outcome) => match outcome.status {
@@ -804,9 +954,10 @@ impl TrainingServiceState {
                     let directory = self.args.directory.clone();
                     let myself = myself.clone();
                     tokio::spawn(async move {
-                        let result = register_models(&directory, job_id, phase, &outcome)
-                            .await
-                            .map_err(RunFailure::retryable);
+                        let result =
+                            register_models(&directory, job_id, phase, inputs, &outcome)
+                                .await
+                                .map_err(RunFailure::retryable);
                         let _ = myself.cast(TrainingServiceMessage::Registered {
                             job_id,
                             attempt,
@@ -918,6 +1069,7 @@ async fn register_models(
     directory: &ServiceDirectory,
     job_id: Uuid,
     phase: Phase,
+    inputs: Option<serde_json::Value>,
     outcome: &PhaseOutcome,
 ) -> Result<(Vec<Uuid>, Option<Uuid>), String> {
     let timeout = Duration::from_secs(60);
@@ -937,7 +1089,16 @@ async fn register_models(
             parent_ids: Vec::new(),
             job_id: Some(job_id),
             format: "burn-record".into(),
-            config: serde_json::to_value(&variant.config).map_err(|e| e.to_string())?,
+            config: {
+                let mut config =
+                    serde_json::to_value(&variant.config).map_err(|e| e.to_string())?;
+                // The uploaded datasets it was trained on, by id and hash (the run config
+                // itself only has the node's path of the file).
+                if let (Some(inputs), Some(object)) = (&inputs, config.as_object_mut()) {
+                    object.insert("dataset".into(), inputs.clone());
+                }
+                config
+            },
             metrics: serde_json::json!({
                 "steps": variant.steps,
                 "num_params": variant.num_params,

@@ -65,11 +65,22 @@ pub struct Examples {
     pub targets: Vec<u32>,
 }
 
+/// How a prepared dataset used the prepared-data cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUse {
+    /// The entry's key (`<cache_dir>/<key>.tokens`).
+    pub key: String,
+    /// Whether the tokens came from the cache (no tokenisation).
+    pub hit: bool,
+}
+
 /// A prepared dataset, split into training and validation examples.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     /// Where it came from.
     pub source: DataSource,
+    /// The cache entry, for cached sources (text with a cache directory).
+    pub cache: Option<CacheUse>,
     /// Number of token ids.
     pub vocab_size: usize,
     /// Length of every input sequence.
@@ -124,6 +135,7 @@ impl Dataset {
         };
         Self {
             source: DataSource::Algorithmic(*task),
+            cache: None,
             vocab_size: task.vocab_size(),
             seq_len: 4,
             target: Target::LastToken,

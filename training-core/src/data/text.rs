@@ -7,18 +7,22 @@
 //! `<|endoftext|>`, `<eos>`, `[SEP]` it knows. The stream is cut into windows of `seq_len + 1`
 //! tokens (input and the next token at each position); windows are split into training and
 //! validation by the seeded split. The tokenized stream is cached under
-//! `cache_dir/<sha256>.tokens`, where the hash covers the file's bytes, the tokenizer's bytes and
-//! every setting that changes the tokens, so a changed file or setting never reuses a stale cache.
-//! Bad input is reported with the file and line.
+//! `cache_dir/<key>.tokens`, where the key ([`cache_key`]) covers the SHA-256 of the file's
+//! bytes, that of the tokenizer's bytes and every setting that changes the tokens, so a changed
+//! file or setting never reuses a stale cache — and a node that knows a dataset's hash can name
+//! its cache entry without reading it. A hit refreshes the entry's modification time, which is
+//! what [`evict`] orders by (least recently used first). Bad input is reported with the file and
+//! line; [`inspect`] and [`inspect_tokenizer`] check a file the same way without tokenizing it.
 
+use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{DataSource, Dataset, DatasetOptions, Examples, Target, split_rows};
+use super::{CacheUse, DataSource, Dataset, DatasetOptions, Examples, Target, split_rows};
 use crate::error::{Error, Result};
 
 /// End-of-text token of the byte-level tokenizer.
@@ -91,7 +95,7 @@ impl TextSource {
 }
 
 /// Version of the cache layout and tokenizer; part of the hash.
-const CACHE_VERSION: &str = "grokforge-text-v2";
+const CACHE_VERSION: &str = "grokforge-text-v3";
 const CACHE_MAGIC: &[u8; 8] = b"GFTOKv02";
 
 pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<Dataset> {
@@ -100,15 +104,28 @@ pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<D
     }
     let bytes = fs::read(&source.path).map_err(|e| Error::io("reading", &source.path, e))?;
     let tokenizer = Tokenizer::load(&source.tokenizer)?;
-    let key = cache_key(&bytes, &source.format, &tokenizer.fingerprint);
+    let key = cache_key(
+        &hex(&Sha256::digest(&bytes)),
+        &source.format,
+        &tokenizer.fingerprint,
+    );
     let cached = options
         .cache_dir
         .as_ref()
         .map(|dir| dir.join(format!("{key}.tokens")));
 
+    let mut hit = false;
     let tokens = match cached.as_deref().and_then(read_cache) {
         Some(tokens) => {
             tracing::debug!(path = %source.path.display(), "text dataset: cache hit");
+            hit = true;
+            if let Some(path) = &cached {
+                // Recently used: the eviction order is by modification time.
+                let _ = fs::File::options()
+                    .append(true)
+                    .open(path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            }
             tokens
         }
         None => {
@@ -152,6 +169,7 @@ pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<D
     };
     Ok(Dataset {
         source: DataSource::Text(source.clone()),
+        cache: cached.is_some().then_some(CacheUse { key, hit }),
         vocab_size: tokenizer.vocab_size,
         seq_len: seq,
         target: Target::NextToken,
@@ -160,13 +178,179 @@ pub(super) fn prepare(source: &TextSource, options: &DatasetOptions) -> Result<D
     })
 }
 
-fn cache_key(bytes: &[u8], format: &TextFormat, tokenizer: &str) -> String {
+/// The cache key of a corpus whose bytes have SHA-256 `content_sha256` (hex), read as `format`
+/// with the tokenizer `tokenizer` ([`tokenizer_fingerprint`]).
+pub fn cache_key(content_sha256: &str, format: &TextFormat, tokenizer: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(CACHE_VERSION.as_bytes());
     hasher.update(serde_json::to_vec(format).unwrap_or_default());
+    hasher.update(b"\0");
     hasher.update(tokenizer.as_bytes());
-    hasher.update(bytes);
+    hasher.update(b"\0");
+    hasher.update(content_sha256.as_bytes());
     hex(&hasher.finalize())
+}
+
+/// What identifies a tokenizer in [`cache_key`]: `bytes`, or `json:<SHA-256 of the
+/// tokenizer.json>` (hex).
+pub fn tokenizer_fingerprint(tokenizer_json_sha256: Option<&str>) -> String {
+    match tokenizer_json_sha256 {
+        None => "bytes".to_string(),
+        Some(sha) => format!("json:{sha}"),
+    }
+}
+
+/// What [`inspect`] found in a valid corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inspection {
+    /// Lines of the file (a last line without a newline counts).
+    pub lines: u64,
+    /// Records: JSONL objects, or non-empty lines of a text.
+    pub records: u64,
+}
+
+/// Checks a corpus file the way [`Dataset::prepare`] would read it, streaming (the file is
+/// never held whole): valid UTF-8, and for JSONL every non-empty line an object whose `field`
+/// is a string. Refuses an empty corpus. Errors name the line.
+pub fn inspect(path: &Path, format: &TextFormat) -> Result<Inspection> {
+    let file = fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut found = Inspection::default();
+    let mut raw = Vec::new();
+    let mut text_bytes = 0u64;
+    loop {
+        raw.clear();
+        let read = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| Error::io("reading", path, e))?;
+        if read == 0 {
+            break;
+        }
+        found.lines += 1;
+        let line = found.lines as usize;
+        let bad = |reason: String| Error::DataFile {
+            path: path.to_path_buf(),
+            line,
+            reason,
+        };
+        let text = std::str::from_utf8(&raw).map_err(|e| {
+            bad(format!(
+                "invalid UTF-8 at byte {} of the line",
+                e.valid_up_to()
+            ))
+        })?;
+        let trimmed = text.trim();
+        match format {
+            TextFormat::Plain => {
+                text_bytes += text.len() as u64;
+                if !trimmed.is_empty() {
+                    found.records += 1;
+                }
+            }
+            TextFormat::Jsonl { field } => {
+                if trimmed.is_empty() {
+                    continue;
+                }
+                let value: serde_json::Value =
+                    serde_json::from_str(trimmed).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+                let object = value
+                    .as_object()
+                    .ok_or_else(|| bad("not a JSON object".to_string()))?;
+                let content = object
+                    .get(field)
+                    .ok_or_else(|| bad(format!("no field {field:?}")))?
+                    .as_str()
+                    .ok_or_else(|| bad(format!("field {field:?} is not a string")))?;
+                text_bytes += content.len() as u64;
+                found.records += 1;
+            }
+        }
+    }
+    if text_bytes == 0 {
+        return Err(Error::DataFile {
+            path: path.to_path_buf(),
+            line: 1,
+            reason: "the corpus holds no text".to_string(),
+        });
+    }
+    Ok(found)
+}
+
+/// Checks that `path` is a usable `tokenizer.json`; returns its vocabulary size.
+pub fn inspect_tokenizer(path: &Path) -> Result<usize> {
+    let tokenizer = Tokenizer::load(&TokenizerKind::Json {
+        path: path.to_path_buf(),
+    })?;
+    if tokenizer.vocab_size == 0 {
+        return Err(Error::DataFile {
+            path: path.to_path_buf(),
+            line: 1,
+            reason: "the tokenizer has an empty vocabulary".to_string(),
+        });
+    }
+    Ok(tokenizer.vocab_size)
+}
+
+/// What [`evict`] removed and what the cache holds after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Eviction {
+    /// Keys removed, least recently used first, with their sizes.
+    pub removed: Vec<(String, u64)>,
+    /// Bytes the cache holds after.
+    pub remaining_bytes: u64,
+}
+
+/// Bounds the cache in `cache_dir` to `max_bytes`: removes `<key>.tokens` entries, least
+/// recently used (oldest modification time) first, until the rest fits, never one whose key
+/// is in `keep` (what running jobs use). Temp files of writes in flight are left alone.
+pub fn evict(
+    cache_dir: &Path,
+    max_bytes: u64,
+    keep: &HashSet<String>,
+) -> std::io::Result<Eviction> {
+    let entries = match fs::read_dir(cache_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Eviction::default()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".tokens") else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        total += meta.len();
+        let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        files.push((modified, key.to_string(), meta.len(), entry.path()));
+    }
+    files.sort();
+    let mut removed = Vec::new();
+    for (_, key, size, path) in files {
+        if total <= max_bytes {
+            break;
+        }
+        if keep.contains(&key) {
+            continue;
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                total -= size;
+                removed.push((key, size));
+            }
+            // Another node evicted it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => total -= size,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Eviction {
+        removed,
+        remaining_bytes: total,
+    })
 }
 
 /// A loaded tokenizer.
@@ -324,7 +508,13 @@ fn write_cache(path: &Path, tokens: &[u32]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per writer: two nodes (or two jobs of one node) may prepare the same corpus at
+    // once; the last rename wins and both wrote the same tokens.
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(&body)?;
     file.sync_all()?;
@@ -471,5 +661,60 @@ mod tests {
         let changed = Dataset::prepare(&source, &options(Some(cache.clone()))).unwrap();
         assert_eq!(fs::read_dir(&cache).unwrap().count(), 2);
         assert_ne!(first.train.inputs, changed.train.inputs);
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_used_but_never_a_kept_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        // a is the oldest, c the newest; each is 100 bytes.
+        for (age, key) in [(30, "a"), (20, "b"), (10, "c")] {
+            let path = dir.path().join(format!("{key}.tokens"));
+            fs::write(&path, [0u8; 100]).unwrap();
+            fs::File::options()
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(now - std::time::Duration::from_secs(age))
+                .unwrap();
+        }
+        fs::write(dir.path().join("x.tmp-1"), [0u8; 500]).unwrap();
+        // Within the bound: nothing goes.
+        let report = evict(dir.path(), 300, &HashSet::new()).unwrap();
+        assert!(report.removed.is_empty());
+        // Over it: the oldest goes first, except a kept one.
+        let keep: HashSet<String> = ["a".to_string()].into();
+        let report = evict(dir.path(), 150, &keep).unwrap();
+        assert_eq!(
+            report.removed,
+            vec![("b".to_string(), 100), ("c".to_string(), 100)]
+        );
+        assert_eq!(report.remaining_bytes, 100);
+        assert!(dir.path().join("a.tokens").exists());
+        assert!(dir.path().join("x.tmp-1").exists(), "writes in flight stay");
+    }
+
+    #[test]
+    fn inspect_counts_records_and_refuses_an_empty_corpus() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docs.jsonl");
+        fs::write(&path, "{\"text\": \"a\"}\n\n{\"text\": \"b\"}").unwrap();
+        let format = TextFormat::Jsonl {
+            field: "text".into(),
+        };
+        assert_eq!(
+            inspect(&path, &format).unwrap(),
+            Inspection {
+                lines: 3,
+                records: 2
+            }
+        );
+        fs::write(&path, "{\"text\": \"\"}\n").unwrap();
+        assert!(matches!(
+            inspect(&path, &format),
+            Err(Error::DataFile { .. })
+        ));
+        fs::write(&path, "").unwrap();
+        assert!(inspect(&path, &TextFormat::Plain).is_err());
     }
 }
