@@ -10,6 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Server, WsClient, client_with, get_json, metrics_text, wait_for};
@@ -909,5 +911,100 @@ async fn a_node_that_dies_is_one_alert_for_the_whole_cluster() {
             .any(|a| a["rule"] == "node_left" && a["labels"]["node"] == "node-2"),
         "{alerts}"
     );
+    cluster.cleanup().await;
+}
+
+/// A TCP proxy in front of Redis that can stop passing Redis's bytes to the connections that
+/// subscribed, while they stay open: a subscription that is up but delivers nothing.
+struct FreezingProxy {
+    port: u16,
+    frozen: Arc<AtomicBool>,
+}
+
+impl FreezingProxy {
+    async fn start(upstream: u16) -> FreezingProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let freeze = frozen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let subscriber = Arc::new(AtomicBool::new(false));
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let marks = subscriber.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(n) = client_read.read(&mut buffer).await {
+                        if n == 0 || server_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                        if buffer[..n]
+                            .windows(9)
+                            .any(|w| w.eq_ignore_ascii_case(b"subscribe"))
+                        {
+                            marks.store(true, Ordering::Release);
+                        }
+                    }
+                });
+                let freeze = freeze.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    while let Ok(n) = server_read.read(&mut buffer).await {
+                        if n == 0 {
+                            return;
+                        }
+                        // Held, not dropped: the bytes are late, the connection is fine.
+                        while subscriber.load(Ordering::Acquire) && freeze.load(Ordering::Acquire) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FreezingProxy { port, frozen }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_goes_silent_is_caught_by_the_missing_heartbeat() {
+    let redis = OwnRedis::start();
+    let proxy = FreezingProxy::start(redis.port).await;
+    let cluster = Cluster::start(1, &format!("redis://127.0.0.1:{}", proxy.port)).await;
+    let base = cluster.base(0);
+    wait_for("broker healthy", Duration::from_secs(20), || async {
+        (broker_status(&base).await.0 == "healthy").then_some(())
+    })
+    .await;
+    // The subscription stays connected and delivers nothing; publishing still works.
+    proxy.frozen.store(true, Ordering::Release);
+    wait_for(
+        "broker degraded for want of its heartbeat",
+        Duration::from_secs(5),
+        || async {
+            let (status, broker) = broker_status(&base).await;
+            let reason = broker["reason"].as_str().unwrap_or_default().to_string();
+            (status == "degraded" && reason.contains("heartbeat")).then_some(())
+        },
+    )
+    .await;
+    // Thawed, the bridge's next connection works again.
+    proxy.frozen.store(false, Ordering::Release);
+    wait_for("broker healthy again", Duration::from_secs(20), || async {
+        (broker_status(&base).await.0 == "healthy").then_some(())
+    })
+    .await;
+    drop(redis);
     cluster.cleanup().await;
 }

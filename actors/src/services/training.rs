@@ -954,10 +954,9 @@ impl TrainingServiceState {
                     let directory = self.args.directory.clone();
                     let myself = myself.clone();
                     tokio::spawn(async move {
-                        let result =
-                            register_models(&directory, job_id, phase, inputs, &outcome)
-                                .await
-                                .map_err(RunFailure::retryable);
+                        let result = register_models(&directory, job_id, phase, inputs, &outcome)
+                            .await
+                            .map_err(RunFailure::retryable);
                         let _ = myself.cast(TrainingServiceMessage::Registered {
                             job_id,
                             attempt,
