@@ -188,6 +188,29 @@ impl Client {
         decode(response, &url).await
     }
 
+    /// POSTs `body` (a stream of `length` bytes) with `query`, bounded only by the per-read
+    /// timeout: an upload takes as long as the bytes take.
+    pub async fn post_stream<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: reqwest::Body,
+        length: u64,
+    ) -> anyhow::Result<T> {
+        let url = endpoint(&self.base, segments, query);
+        let mut request = self
+            .http
+            .post(url.clone())
+            .header("content-type", "application/octet-stream")
+            .header("content-length", length)
+            .body(body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = self.finish(request).await?;
+        decode(response, &url).await
+    }
+
     /// A GET whose body the caller reads piece by piece (a download): a 2xx response, bounded
     /// only by the per-read timeout.
     pub async fn get_download(&self, segments: &[&str]) -> anyhow::Result<Response> {
@@ -212,6 +235,11 @@ impl Client {
         if let Some(deadline) = deadline {
             request = request.timeout(deadline);
         }
+        self.finish(request).await
+    }
+
+    /// Sends `request`; a non-2xx answer becomes an [`ApiError`] with the problem's message.
+    async fn finish(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Response> {
         let response = request
             .send()
             .await

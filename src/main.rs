@@ -2,6 +2,7 @@
 //! and hands over to the libraries. Nothing else lives here.
 
 mod client;
+mod datasets_cmd;
 mod jobs_cmd;
 mod models_cmd;
 mod serve;
@@ -45,6 +46,8 @@ enum Command {
     Models(models_cmd::ModelsArgs),
     /// Training jobs on a running node: list, show, cancel, watch.
     Jobs(jobs_cmd::JobsArgs),
+    /// Datasets on a running node: upload, list, show, delete.
+    Datasets(datasets_cmd::DatasetsArgs),
 }
 
 #[derive(clap::Args)]
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd::run(*args),
         Command::Models(args) => models_cmd::run(args),
         Command::Jobs(args) => jobs_cmd::run(args),
+        Command::Datasets(args) => datasets_cmd::run(args),
         Command::Serve(args) => load_settings(&args).and_then(|settings| {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?

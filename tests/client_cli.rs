@@ -124,3 +124,59 @@ async fn jobs_watch_exits_non_zero_when_the_job_is_cancelled() {
     assert!(!ok, "a cancelled job is not a success: {stdout}");
     assert!(stderr.contains("cancelled"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_are_uploaded_listed_shown_and_deleted_from_the_command_line() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(&data.path().join("node"));
+    let base = server.base.clone();
+    let corpus = data.path().join("corpus.jsonl");
+    let lines: String = (0..200)
+        .map(|i| format!("{{\"text\": \"line {i} of a small corpus\"}}\n"))
+        .collect();
+    std::fs::write(&corpus, lines).unwrap();
+    let path = corpus.to_str().unwrap();
+
+    let (ok, out, err) = run_async(&base, ADMIN_TOKEN, &["datasets", "upload", path]).await;
+    assert!(ok, "{err}");
+    let uploaded: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        uploaded["kind"], "jsonl",
+        "the kind follows the file name: {uploaded}"
+    );
+    assert_eq!(uploaded["records"], 200);
+    let reference = uploaded["reference"].as_str().unwrap().to_string();
+    assert!(reference.starts_with("ds:"), "{reference}");
+    // The same bytes again: the same dataset.
+    let (ok, out, _) = run_async(&base, ADMIN_TOKEN, &["datasets", "upload", path]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["reference"],
+        reference
+    );
+
+    let (ok, out, _) = run_async(&base, READ_TOKEN, &["datasets", "list"]).await;
+    assert!(ok);
+    assert!(out.contains(&reference), "{out}");
+    assert!(out.contains("built-in: mod-"), "{out}");
+    let (ok, out, _) = run_async(&base, READ_TOKEN, &["datasets", "show", &reference]).await;
+    assert!(ok);
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["sha256"], uploaded["sha256"]);
+
+    // A read token may not upload or delete; the problem's words reach the user.
+    let (ok, _, err) = run_async(&base, READ_TOKEN, &["datasets", "delete", &reference]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("403") || err.to_lowercase().contains("role"),
+        "{err}"
+    );
+    let (ok, out, err) = run_async(&base, ADMIN_TOKEN, &["datasets", "delete", &reference]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    let (_, out, _) = run_async(&base, READ_TOKEN, &["datasets", "list"]).await;
+    assert!(!out.contains(&reference), "{out}");
+    let (ok, _, err) = run_async(&base, READ_TOKEN, &["datasets", "show", &reference]).await;
+    assert!(!ok);
+    assert!(err.contains("404") || err.contains("not found"), "{err}");
+}
