@@ -318,3 +318,56 @@ async fn malformed_uploads_are_refused_naming_the_line_and_nothing_is_kept() {
     let job = start_job(&base, job).await;
     wait_status(&base, job["id"].as_str().unwrap(), "completed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_refuses_to_resume_on_bytes_that_differ_from_the_ones_it_was_queued_on() {
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start_node(data.path(), "");
+    let base = server.base.clone();
+    let corpus: String = (0..400)
+        .map(|i| format!("sentence number {i} of the corpus\n"))
+        .collect();
+    let (status, dataset) = upload(&base, "name=corpus&kind=text", corpus).await;
+    assert_eq!(status, 201, "{dataset}");
+    let file = data
+        .path()
+        .join("artifacts")
+        .join(dataset["file_path"].as_str().unwrap());
+    assert!(file.is_file(), "{}", file.display());
+
+    let mut spec = tiny_job(dataset["reference"].as_str().unwrap(), 4, 100_000);
+    spec["checkpoint_every"] = json!(20);
+    let job = start_job(&base, spec).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for("a checkpoint", Duration::from_secs(60), || async {
+        let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+        events
+            .as_array()?
+            .iter()
+            .any(|e| e["event"]["type"] == "checkpoint_saved")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !server
+            .signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+            .success()
+    );
+    drop(server);
+
+    // The stored bytes change while the node is down (a disk fault, a hand edit).
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes.extend_from_slice(b"one more line\n");
+    std::fs::write(&file, bytes).unwrap();
+
+    let server = start_node(data.path(), "");
+    let failed = wait_status(&server.base, &id, "failed").await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("changed"), "{error}");
+    assert!(
+        error.contains(dataset["sha256"].as_str().unwrap()),
+        "{error}"
+    );
+    // Not retried: the bytes would differ on every attempt.
+    assert_eq!(failed["attempts"], 2, "{failed}");
+}
