@@ -97,6 +97,16 @@ async fn receiver(statuses: Vec<u16>) -> (String, Arc<Mutex<Vec<Received>>>) {
 }
 
 fn start_node(data: &Path, webhooks: &[(&str, &str)], check_every_ms: u64) -> Server {
+    start_node_with(data, webhooks, check_every_ms, "")
+}
+
+/// Like [`start_node`], with more TOML after the monitoring section.
+fn start_node_with(
+    data: &Path,
+    webhooks: &[(&str, &str)],
+    check_every_ms: u64,
+    extra: &str,
+) -> Server {
     std::fs::create_dir_all(data).unwrap();
     let config = data.join("alerts.toml");
     let mut toml = format!(
@@ -110,6 +120,7 @@ fn start_node(data: &Path, webhooks: &[(&str, &str)], check_every_ms: u64) -> Se
             "[[monitoring.webhooks]]\nurl = \"{url}\"\nsecret = \"{SECRET}\"\nmin_severity = \"{min_severity}\"\n"
         ));
     }
+    toml.push_str(extra);
     std::fs::write(&config, toml).unwrap();
     common::start_with(data, &["--config".as_ref(), config.as_os_str()]).0
 }
@@ -275,4 +286,56 @@ async fn health_answers_from_the_latest_round_unless_asked_for_a_fresh_one() {
         stamp(&get_json(&format!("{base}/health")).await),
         stamp(&fresh)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_without_progress_for_the_rules_threshold_fires_stalled_and_resolves_on_progress() {
+    // Progress at most once a second, and "stalled" after 0.4 s of silence: between two
+    // progress reports the job is stalled by this rule's standard, and then it is not.
+    let data = tempfile::tempdir().unwrap();
+    let server = start_node_with(
+        data.path(),
+        &[],
+        200,
+        "[[monitoring.alerts]]\nrule = \"job_stalled\"\nthreshold = 0.4\n\
+         [training]\nprogress_events_per_second = 1\n",
+    );
+    let base = server.base.clone();
+    let mut admin = WsClient::connect(&base).await;
+    admin.subscribe("admin_alerts", None).await;
+    let body = json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2,
+                      "d_ff": 32, "batch_size": 16, "steps": 100_000, "variants": 1,
+                      "threads": 1});
+    let job: Value = client()
+        .post(format!("{base}/phases/cognate/start"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let frame = admin.next_json(Duration::from_secs(15)).await;
+        if frame["data"]["rule"] == "job_stalled" && frame["data"]["labels"]["job"] == id {
+            seen.push(frame["type"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(seen, ["alert_raised", "alert_resolved"]);
+    let resolved = get_json(&format!("{base}/alerts?state=resolved")).await;
+    assert!(
+        resolved
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "job_stalled" && a["resolved_at"].is_string()),
+        "{resolved}"
+    );
+    client()
+        .post(format!("{base}/jobs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
 }
