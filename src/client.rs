@@ -45,6 +45,51 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// The flags that name a node and how to authenticate to it, shared by the client commands
+/// (`jobs`, `datasets`).
+#[derive(clap::Args)]
+pub struct NodeFlags {
+    /// The node's HTTP address.
+    #[arg(long, env = "GROKFORGE_SERVER", default_value = DEFAULT_SERVER, global = true)]
+    pub server: String,
+    /// Bearer token (default: the admin token in <data_dir>/admin-token, if readable).
+    #[arg(long, env = "GROKFORGE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The node's data dir, only to find its admin token (default: the configured one).
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl NodeFlags {
+    /// The client these flags describe; an empty `GROKFORGE_SERVER` is as good as none.
+    pub fn connect(self) -> anyhow::Result<Client> {
+        let server = match self.server.trim() {
+            "" => DEFAULT_SERVER,
+            server => server,
+        };
+        let data_dir = self.data_dir;
+        connect(server, self.token, || match data_dir {
+            Some(dir) => Ok(dir),
+            None => Ok(grokforge_config::Settings::load(None, std::env::vars())
+                .context("cannot read the configuration to find the node's admin token")?
+                .node
+                .data_dir),
+        })
+    }
+}
+
+/// Runs one client command to its end on a runtime of its own (one thread: a command waits on
+/// the node, it does not compute).
+pub fn block_on<T>(
+    command: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(command)
+}
+
 /// Builds the client for `server`. The token is `token` when given (the flag or
 /// `GROKFORGE_TOKEN`), else the admin token in the data dir that `data_dir` names — asked for
 /// only then, since finding it may mean reading the configuration — else none, and the node

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use futures::StreamExt;
-use grokforge_config::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
@@ -17,15 +16,8 @@ use crate::client::{self, Client};
 
 #[derive(clap::Args)]
 pub struct DatasetsArgs {
-    /// The node's HTTP address.
-    #[arg(long, env = "GROKFORGE_SERVER", default_value = client::DEFAULT_SERVER, global = true)]
-    server: String,
-    /// Bearer token (default: the admin token in <data_dir>/admin-token, if readable).
-    #[arg(long, env = "GROKFORGE_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// The node's data dir, only to find its admin token (default: the configured one).
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: client::NodeFlags,
     #[command(subcommand)]
     command: DatasetsCommand,
 }
@@ -56,23 +48,8 @@ pub enum DatasetsCommand {
 }
 
 pub fn run(args: DatasetsArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir;
-    let server = match args.server.trim() {
-        "" => client::DEFAULT_SERVER,
-        server => server,
-    };
-    let client = client::connect(server, args.token, || match data_dir {
-        Some(dir) => Ok(dir),
-        None => Ok(Settings::load(None, std::env::vars())
-            .context("cannot read the configuration to find the node's admin token")?
-            .node
-            .data_dir),
-    })?;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?
-        .block_on(execute(&client, args.command))
+    let client = args.node.connect()?;
+    client::block_on(execute(&client, args.command))
 }
 
 /// The kind a file is uploaded as when `--kind` is not given.

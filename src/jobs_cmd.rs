@@ -12,7 +12,6 @@
 //! to the queue.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -20,7 +19,6 @@ use futures::{SinkExt, StreamExt};
 use grokforge_actors::Event;
 use grokforge_actors::events::SCHEMA_VERSION;
 use grokforge_actors::storage::{JobRecord, JobStatus};
-use grokforge_config::Settings;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -34,15 +32,8 @@ use crate::client::{self, ApiError, Client};
 
 #[derive(clap::Args)]
 pub struct JobsArgs {
-    /// The node's HTTP address.
-    #[arg(long, env = "GROKFORGE_SERVER", default_value = client::DEFAULT_SERVER, global = true)]
-    server: String,
-    /// Bearer token (default: the admin token in <data_dir>/admin-token, if readable).
-    #[arg(long, env = "GROKFORGE_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
-    /// The node's data dir, only to find its admin token (default: the configured one).
-    #[arg(long, global = true)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: client::NodeFlags,
     #[command(subcommand)]
     command: JobsCommand,
 }
@@ -80,24 +71,8 @@ pub enum JobsCommand {
 
 /// Runs one `jobs` subcommand against the node.
 pub fn run(args: JobsArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir;
-    // An empty GROKFORGE_SERVER is as good as none.
-    let server = match args.server.trim() {
-        "" => client::DEFAULT_SERVER,
-        server => server,
-    };
-    let client = client::connect(server, args.token, || match data_dir {
-        Some(dir) => Ok(dir),
-        None => Ok(Settings::load(None, std::env::vars())
-            .context("cannot read the configuration to find the node's admin token")?
-            .node
-            .data_dir),
-    })?;
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?
-        .block_on(execute(&client, args.command))
+    let client = args.node.connect()?;
+    client::block_on(execute(&client, args.command))
 }
 
 async fn execute(client: &Client, command: JobsCommand) -> anyhow::Result<()> {
@@ -1074,7 +1049,7 @@ mod tests {
             jobs: JobsArgs,
         }
         let before = Cli::try_parse_from(["jobs", "--server", "http://a:1", "list"]).unwrap();
-        assert_eq!(before.jobs.server, "http://a:1");
+        assert_eq!(before.jobs.node.server, "http://a:1");
         let after = Cli::try_parse_from([
             "jobs",
             "watch",
@@ -1085,8 +1060,8 @@ mod tests {
             "t",
         ])
         .unwrap();
-        assert_eq!(after.jobs.server, "http://b:2");
-        assert_eq!(after.jobs.token.as_deref(), Some("t"));
+        assert_eq!(after.jobs.node.server, "http://b:2");
+        assert_eq!(after.jobs.node.token.as_deref(), Some("t"));
         assert!(Cli::try_parse_from(["jobs", "show", "not-a-uuid"]).is_err());
     }
 }

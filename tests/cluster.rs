@@ -387,18 +387,7 @@ async fn a_job_whose_node_is_killed_resumes_on_a_survivor_with_identical_weights
     let owner: usize = owner_index(&running);
     let survivor = 1 - owner;
     let base = cluster.base(survivor);
-    wait_for(
-        "a checkpoint past step 100",
-        Duration::from_secs(60),
-        || async {
-            let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
-            events.as_array().unwrap().iter().find_map(|e| {
-                let step = e["event"]["data"]["step"].as_u64()?;
-                (e["event"]["type"] == "checkpoint_saved" && step >= 100).then_some(step)
-            })
-        },
-    )
-    .await;
+    common::wait_for_checkpoint(&base, &id, 100).await;
     let mut dead = cluster.nodes[owner].take().unwrap();
     assert!(
         !dead

@@ -339,15 +339,7 @@ async fn a_job_refuses_to_resume_on_bytes_that_differ_from_the_ones_it_was_queue
     spec["checkpoint_every"] = json!(20);
     let job = start_job(&base, spec).await;
     let id = job["id"].as_str().unwrap().to_string();
-    wait_for("a checkpoint", Duration::from_secs(60), || async {
-        let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
-        events
-            .as_array()?
-            .iter()
-            .any(|e| e["event"]["type"] == "checkpoint_saved")
-            .then_some(())
-    })
-    .await;
+    common::wait_for_checkpoint(&base, &id, 1).await;
     assert!(
         !server
             .signal_and_wait(libc::SIGKILL, Duration::from_secs(10))

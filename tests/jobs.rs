@@ -51,18 +51,7 @@ async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_and_ends_with_ide
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["status"], "queued");
     let base = server.base.clone();
-    let checkpoint_step = wait_for(
-        "a checkpoint past step 100",
-        Duration::from_secs(60),
-        || async {
-            let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
-            events.as_array().unwrap().iter().find_map(|e| {
-                let step = e["event"]["data"]["step"].as_u64()?;
-                (e["event"]["type"] == "checkpoint_saved" && step >= 100).then_some(step)
-            })
-        },
-    )
-    .await;
+    let checkpoint_step = common::wait_for_checkpoint(&base, &id, 100).await;
     let status = server.signal_and_wait(libc::SIGKILL, Duration::from_secs(10));
     assert!(!status.success());
     drop(server);

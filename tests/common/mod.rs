@@ -185,6 +185,23 @@ where
     }
 }
 
+/// Waits (up to a minute) for the job's log on `base` to record a checkpoint at `step` or later;
+/// returns its step.
+pub async fn wait_for_checkpoint(base: &str, job_id: &str, step: u64) -> u64 {
+    wait_for(
+        &format!("a checkpoint of {job_id} at step {step} or later"),
+        Duration::from_secs(60),
+        || async {
+            let events = get_json(&format!("{base}/jobs/{job_id}/events?since=0")).await;
+            events.as_array()?.iter().find_map(|e| {
+                let at = e["event"]["data"]["step"].as_u64()?;
+                (e["event"]["type"] == "checkpoint_saved" && at >= step).then_some(at)
+            })
+        },
+    )
+    .await
+}
+
 /// A WebSocket client of `/ws`, reading JSON frames with deadlines.
 pub struct WsClient {
     pub stream: tokio_tungstenite::WebSocketStream<

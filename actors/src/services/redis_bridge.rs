@@ -336,12 +336,17 @@ async fn connect(args: &Arguments) -> Result<Connection, String> {
             publisher,
         })
     };
-    match tokio::time::timeout(args.io_timeout, connecting).await {
+    within(args.io_timeout, connecting).await
+}
+
+/// `round_trip`'s outcome, or that Redis did not answer within `timeout`.
+async fn within<T>(
+    timeout: Duration,
+    round_trip: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, round_trip).await {
         Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            args.io_timeout.as_millis()
-        )),
+        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 
@@ -452,13 +457,7 @@ async fn publish(
             .arg(frame.as_slice())
             .ignore();
     }
-    match tokio::time::timeout(args.io_timeout, pipe.query_async::<()>(connection)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!(
-            "no answer within {} ms",
-            args.io_timeout.as_millis()
-        )),
-    }
+    within(args.io_timeout, pipe.query_async::<()>(connection)).await
 }
 
 #[cfg(test)]
