@@ -241,6 +241,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         observer: &mut bars,
         cache_dir: Some(out.join(".cache")),
         inputs: Vec::new(),
+        continue_on_divergence: false,
     })?;
     drop(bars);
     report(&outcome, &out);

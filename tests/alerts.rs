@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Server, WsClient, client, get_json, metrics_text, wait_for};
+use common::{ADMIN_TOKEN, Server, WsClient, client, get_json, metrics_text, psql, wait_for};
+use grokforge_actors::storage::testing::{DEFAULT_POSTGRES_URL, TestDatabase};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -194,6 +195,25 @@ async fn a_diverging_job_fails_for_good_and_its_alert_reaches_admins_and_webhook
     assert_eq!(job["attempts"], 1, "{job}");
     let error = job["error"].as_str().unwrap();
     assert!(error.contains("loss is not finite at step"), "{error}");
+    // The failure says where, in fields a program reads.
+    let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let failure = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"]["type"] == "training_failed")
+        .unwrap_or_else(|| panic!("no training_failed in {events}"));
+    let divergence = &failure["event"]["data"]["divergence"];
+    let step = divergence["step"].as_u64().unwrap();
+    assert!(
+        error.contains(&format!("at step {step} ")),
+        "{error} vs {divergence}"
+    );
+    assert!(
+        ["NaN", "Infinity", "-Infinity"].contains(&divergence["loss"].as_str().unwrap()),
+        "{divergence}"
+    );
+    assert_eq!(failure["event"]["data"]["will_retry"], false);
 
     // Both alerts on the admin socket, within 2 s of the failure.
     let mut rules = Vec::new();
@@ -338,4 +358,143 @@ async fn a_job_without_progress_for_the_rules_threshold_fires_stalled_and_resolv
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_stop_on_divergence_off_a_diverging_job_trains_to_the_end_and_still_alerts() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_node_with(
+        data.path(),
+        &[],
+        200,
+        "[training]\nstop_on_divergence = false\n",
+    );
+    let base = server.base.clone();
+    let mut admin = WsClient::connect(&base).await;
+    admin.subscribe("admin_alerts", None).await;
+    let mut body = diverging();
+    body["steps"] = json!(120);
+    let job: Value = client()
+        .post(format!("{base}/phases/cognate/start"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let job = wait_for("the job to end", Duration::from_secs(60), || async {
+        let job = get_json(&format!("{base}/jobs/{id}")).await;
+        matches!(job["status"].as_str(), Some("completed" | "failed")).then_some(job)
+    })
+    .await;
+    assert_eq!(job["status"], "completed", "trained on: {job}");
+
+    // Its divergence is still an alert, once.
+    let frame = admin.next_json(Duration::from_secs(5)).await;
+    assert_eq!(frame["type"], "alert_raised", "{frame}");
+    assert_eq!(frame["data"]["rule"], "training_diverged");
+    assert_eq!(frame["data"]["labels"]["job"], id.as_str());
+
+    // Its log kept every step it reported, the losses that are not numbers included, and
+    // reads back whole (JSON has no NaN: they are strings).
+    let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let losses: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["type"] == "training_progress")
+        .map(|e| &e["event"]["data"]["loss"])
+        .collect();
+    assert!(losses.iter().any(|l| *l == "NaN"), "{losses:?}");
+    let steps: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"]["type"] == "training_progress")
+        .map(|e| e["event"]["data"]["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps.last(), Some(&120), "{steps:?}");
+
+    // Monitoring's aggregate of the job: its end, its last step and loss, its events by type.
+    let summary = get_json(&format!("{base}/monitoring")).await;
+    let aggregate = summary["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{summary}"))
+        .clone();
+    assert_eq!(aggregate["state"], "completed", "{aggregate}");
+    assert_eq!(aggregate["step"], 120);
+    assert_eq!(aggregate["loss"], "NaN");
+    assert_eq!(
+        aggregate["events"]["training_progress"].as_u64(),
+        Some(steps.len() as u64),
+        "{aggregate}"
+    );
+    assert_eq!(aggregate["events"]["training_completed"], 1);
+    assert!(summary["events"]["training_progress"].as_u64().unwrap() >= steps.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_whose_schema_is_dropped_fires_the_unhealthy_service_alert_after_its_for() {
+    let postgres = std::env::var("GROKFORGE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+    let database = TestDatabase::postgres(&postgres)
+        .await
+        .expect("a PostgreSQL schema for the test");
+    let url = database.postgres_url().unwrap().to_string();
+    let schema = url
+        .split("search_path]=")
+        .nth(1)
+        .expect("a URL pinned to the test's schema")
+        .to_string();
+    let data = tempfile::tempdir().unwrap();
+    let server = start_node_with(
+        data.path(),
+        &[],
+        200,
+        &format!(
+            "[[monitoring.alerts]]\nrule = \"service_unhealthy\"\nfor_ms = 1500\n\
+             [database]\nurl = \"{url}\"\n"
+        ),
+    );
+    let base = server.base.clone();
+    let mut admin = WsClient::connect(&base).await;
+    admin.subscribe("admin_alerts", None).await;
+    wait_for(
+        "the database to be healthy",
+        Duration::from_secs(10),
+        || async {
+            let health = get_json(&format!("{base}/health?fresh=true")).await;
+            (health["dependencies"]["database"]["status"] == "healthy").then_some(())
+        },
+    )
+    .await;
+
+    let status = psql(&url, &format!("DROP SCHEMA {schema} CASCADE"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "psql: {status}");
+    let dropped = Instant::now();
+
+    let frame = admin.next_json(Duration::from_secs(10)).await;
+    let waited = dropped.elapsed();
+    assert_eq!(frame["type"], "alert_raised", "{frame}");
+    assert_eq!(frame["data"]["rule"], "service_unhealthy");
+    assert_eq!(frame["data"]["labels"]["service"], "database", "{frame}");
+    assert_eq!(frame["data"]["severity"], "critical");
+    assert!(
+        frame["data"]["summary"].as_str().unwrap().contains("jobs"),
+        "the reason names what is missing: {frame}"
+    );
+    // Not before the rule's `for`, and soon after it (a round is 200 ms).
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+    let health = get_json(&format!("{base}/health")).await;
+    assert_eq!(health["dependencies"]["database"]["status"], "unhealthy");
+    drop(server);
+    database.cleanup().await;
 }

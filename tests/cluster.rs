@@ -8,13 +8,14 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Server, WsClient, client_with, get_json, metrics_text, wait_for};
+use common::{Server, WsClient, client_with, get_json, metrics_text, psql, wait_for};
 use grokforge_actors::cluster::{FrameCodec, WireBody};
 use grokforge_actors::storage::testing::{DEFAULT_POSTGRES_URL, TestDatabase};
 use grokforge_actors::{Event, EventEnvelope};
@@ -748,19 +749,6 @@ async fn a_node_stopped_with_sigterm_hands_its_job_over_at_once() {
     cluster.cleanup().await;
 }
 
-/// Runs `sql` with psql against the test's database (outside the test's schema pinning, so
-/// `sql` names the schema itself).
-fn psql(database_url: &str, sql: &str) -> Command {
-    let base = database_url.split('?').next().unwrap();
-    let mut command = Command::new("psql");
-    command
-        .arg(base)
-        .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    command
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_save_that_hangs_never_starves_the_other_jobs_lease() {
     let mut cluster = Cluster::start_with(0, &redis_url(), true, 1_500).await;
@@ -995,5 +983,119 @@ async fn a_subscription_that_goes_silent_is_caught_by_the_missing_heartbeat() {
     })
     .await;
     drop(redis);
+    cluster.cleanup().await;
+}
+
+/// The node holding the monitoring lease, as Redis says.
+async fn monitoring_lease_holder(cluster: &Cluster) -> Option<String> {
+    let client = redis::Client::open(cluster.redis_url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    redis::cmd("GET")
+        .arg(format!("{}:monitoring-lease", cluster.channel))
+        .query_async::<Option<String>>(&mut connection)
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_survive_the_monitoring_lease_changing_hands() {
+    // The failure's alerts hold for 10 s: long enough to kill the lease holder and let the
+    // survivor take over, short enough to see the survivor resolve them.
+    let mut cluster = Cluster::start_with(0, &redis_url(), true, 2_000).await;
+    for index in 0..2 {
+        let config = cluster.config(index);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        for rule in ["job_failed", "training_diverged"] {
+            text.push_str(&format!(
+                "[[monitoring.alerts]]\nrule = \"{rule}\"\nkeep_firing_for_ms = 10000\n"
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
+        let data = cluster.root.path().join(format!("data-{index}"));
+        let node = common::start_with(&data, &["--config".as_ref(), config.as_os_str()]).0;
+        cluster.nodes.push(Some(node));
+    }
+    cluster.converge().await;
+    let holder = wait_for("a monitoring lease holder", Duration::from_secs(10), || {
+        monitoring_lease_holder(&cluster)
+    })
+    .await;
+    let holder_index: usize = holder.strip_prefix("node-").unwrap().parse().unwrap();
+    let survivor = 1 - holder_index;
+    let base = cluster.base(survivor);
+    let mut watcher = WsClient::connect(&base).await;
+    watcher.subscribe("admin_alerts", None).await;
+
+    // A job that goes NaN at once: it fails for good, wherever it runs, and the lease holder
+    // announces its two alerts to the whole cluster.
+    let mut body = spec(500, 3);
+    body["lr"] = json!(1e30);
+    body["warmup_steps"] = json!(0);
+    let id = start_job(&base, &body).await;
+    let mut raised = BTreeMap::new();
+    while raised.len() < 2 {
+        let frame = watcher.next_json(Duration::from_secs(30)).await;
+        assert_eq!(frame["type"], "alert_raised", "{frame}");
+        assert_eq!(frame["data"]["labels"]["job"], id.as_str(), "{frame}");
+        assert_eq!(frame["source_node"], holder.as_str(), "{frame}");
+        raised.insert(
+            frame["data"]["rule"].as_str().unwrap().to_string(),
+            frame["data"].clone(),
+        );
+    }
+    // The survivor knows them as the holder announced them.
+    let firing = get_json(&format!("{base}/alerts")).await;
+    for (rule, alert) in &raised {
+        let here = firing
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["rule"] == rule.as_str())
+            .unwrap_or_else(|| panic!("{rule} not firing on the survivor: {firing}"));
+        assert_eq!(here["id"], alert["id"], "{here} vs {alert}");
+        assert_eq!(here["started_at"], alert["started_at"]);
+    }
+
+    let mut dead = cluster.nodes[holder_index].take().unwrap();
+    assert!(
+        !dead
+            .signal_and_wait(libc::SIGKILL, Duration::from_secs(10))
+            .success()
+    );
+    drop(dead);
+    let survivor_id = format!("node-{survivor}");
+    wait_for(
+        "the survivor to take the lease",
+        Duration::from_secs(10),
+        || async {
+            (monitoring_lease_holder(&cluster).await.as_deref() == Some(survivor_id.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+
+    // From now on the survivor speaks: the holder's death, then — when the failure's alerts
+    // stop holding — their resolution, with the ids the dead node gave them. Nothing of the
+    // job is raised a second time.
+    let mut resolved = BTreeMap::new();
+    let mut node_left = false;
+    while resolved.len() < 2 || !node_left {
+        let frame = watcher.next_json(Duration::from_secs(20)).await;
+        assert_eq!(frame["source_node"], survivor_id.as_str(), "{frame}");
+        let rule = frame["data"]["rule"].as_str().unwrap().to_string();
+        match (frame["type"].as_str().unwrap(), rule.as_str()) {
+            ("alert_raised", "node_left") => {
+                assert_eq!(frame["data"]["labels"]["node"], holder.as_str());
+                node_left = true;
+            }
+            ("alert_resolved", "job_failed" | "training_diverged") => {
+                assert_eq!(frame["data"]["id"], raised[&rule]["id"], "{frame}");
+                assert_eq!(frame["data"]["started_at"], raised[&rule]["started_at"]);
+                assert!(resolved.insert(rule, frame).is_none(), "resolved twice");
+            }
+            _ => panic!("unexpected after the hand-over: {frame}"),
+        }
+    }
     cluster.cleanup().await;
 }

@@ -262,11 +262,15 @@ pub struct AlertEngine {
     jobs: HashMap<Uuid, JobWatch>,
     /// Incidents seen in events, held until the time given (or until cleared).
     held: BTreeMap<(RuleKind, Labels), (DateTime<Utc>, AlertSeverity, String)>,
-    /// Events seen per kind.
-    pub counts: BTreeMap<&'static str, u64>,
     /// (when, restarts per actor, events dropped) at earlier evaluations, for rates.
     samples: VecDeque<(DateTime<Utc>, BTreeMap<String, u64>, u64)>,
+    /// Id and start of cluster-wide alerts another node announced, for incidents this engine
+    /// has not fired yet: when it does (or takes over the lease), it is the same alert.
+    adopted: HashMap<(RuleKind, Labels), (Uuid, DateTime<Utc>)>,
 }
+
+/// How many adopted identities are kept at most (each is dropped when used or resolved).
+const ADOPTED_KEPT: usize = 10_000;
 
 fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs
@@ -290,8 +294,39 @@ impl AlertEngine {
             resolved: VecDeque::new(),
             jobs: HashMap::new(),
             held: BTreeMap::new(),
-            counts: BTreeMap::new(),
             samples: VecDeque::new(),
+            adopted: HashMap::new(),
+        }
+    }
+
+    /// Takes over the identity (id, start) of a cluster-wide alert another node announced, so
+    /// that every node knows the same alert and whichever holds the lease when it clears
+    /// resolves that one.
+    pub fn adopt(&mut self, alert: &Alert) {
+        let Some(kind) = RuleKind::parse(&alert.rule).filter(|kind| kind.is_cluster_wide()) else {
+            return;
+        };
+        let key = (kind, alert.labels.clone());
+        match self.incidents.get_mut(&key) {
+            Some(Incident {
+                alert: Some(own), ..
+            }) => {
+                own.id = alert.id;
+                own.started_at = alert.started_at;
+            }
+            _ => {
+                if self.adopted.len() >= ADOPTED_KEPT {
+                    self.adopted.clear();
+                }
+                self.adopted.insert(key, (alert.id, alert.started_at));
+            }
+        }
+    }
+
+    /// Another node resolved `alert`.
+    pub fn forget(&mut self, alert: &Alert) {
+        if let Some(kind) = RuleKind::parse(&alert.rule) {
+            self.adopted.remove(&(kind, alert.labels.clone()));
         }
     }
 
@@ -304,6 +339,7 @@ impl AlertEngine {
         &self.jobs
     }
 
+    /// Holds an incident seen in an event for the rule's `keep_firing_for`.
     fn hold(&mut self, kind: RuleKind, labels: Labels, now: DateTime<Utc>, summary: String) {
         let rule = &self.rules[&kind];
         if !rule.enabled {
@@ -311,13 +347,15 @@ impl AlertEngine {
         }
         let until = now
             + chrono::Duration::from_std(rule.keep_firing_for).unwrap_or(chrono::Duration::zero());
+        // Seen again: held longer, still described by what was seen first.
         self.held
-            .insert((kind, labels), (until, rule.severity, summary));
+            .entry((kind, labels))
+            .and_modify(|(held_until, _, _)| *held_until = until)
+            .or_insert((until, rule.severity, summary));
     }
 
     /// Takes in one event of the bus.
     pub fn observe(&mut self, envelope: &EventEnvelope, now: DateTime<Utc>) {
-        *self.counts.entry(envelope.event.kind()).or_insert(0) += 1;
         match &envelope.event {
             Event::TrainingStarted { job_id, .. } => {
                 self.jobs.entry(*job_id).or_insert_with(|| JobWatch {
@@ -354,7 +392,20 @@ impl AlertEngine {
                 if *loss < *best {
                     *best = *loss;
                 }
-                if !loss.is_finite() || (*best > 0.0 && *loss > threshold * *best) {
+                if !loss.is_finite() {
+                    watch.diverging.remove(variant);
+                    // An incident, as when the job fails of it: a job that trains on
+                    // (`training.stop_on_divergence = false`) may end before the next
+                    // evaluation.
+                    self.hold(
+                        RuleKind::TrainingDiverged,
+                        labels(&[("job", job_id.to_string())]),
+                        now,
+                        format!(
+                            "job {job_id} diverged: variant {variant}'s loss is {loss} at step {step}"
+                        ),
+                    );
+                } else if *best > 0.0 && *loss > threshold * *best {
                     watch.diverging.insert(*variant, *loss);
                 } else {
                     watch.diverging.remove(variant);
@@ -368,10 +419,11 @@ impl AlertEngine {
                 attempt,
                 error,
                 will_retry,
+                divergence,
             } => {
                 self.jobs.remove(job_id);
                 let job = labels(&[("job", job_id.to_string())]);
-                if error.contains("not finite") {
+                if divergence.is_some() {
                     self.hold(
                         RuleKind::TrainingDiverged,
                         job.clone(),
@@ -452,8 +504,19 @@ impl AlertEngine {
             }
         }
         if let Some(report) = &inputs.health {
-            for (service, health) in &report.services {
+            let components = || report.services.iter().chain(report.dependencies.iter());
+            let unwell = |name: &String| {
+                components()
+                    .any(|(other, health)| other == name && health.status != HealthState::Healthy)
+            };
+            for (service, health) in components() {
                 if health.status == HealthState::Healthy {
+                    continue;
+                }
+                // Inhibited: degraded only because something it depends on is not healthy, whose
+                // own alert names the cause. One database outage is one alert, not one per
+                // service that uses the database.
+                if health.status == HealthState::Degraded && health.depends_on.iter().any(unwell) {
                     continue;
                 }
                 let severity = match health.status {
@@ -590,13 +653,17 @@ impl AlertEngine {
                 });
             let held_for = (now - incident.pending_since).to_std().unwrap_or_default();
             if incident.alert.is_none() && held_for >= rule.for_ {
+                let (id, started_at) = self
+                    .adopted
+                    .remove(&(kind, labels.clone()))
+                    .unwrap_or((Uuid::now_v7(), incident.pending_since));
                 let alert = Alert {
-                    id: Uuid::now_v7(),
+                    id,
                     rule: kind.name().to_string(),
                     severity: condition.severity,
                     labels,
                     summary: condition.summary,
-                    started_at: incident.pending_since,
+                    started_at,
                     resolved_at: None,
                 };
                 incident.alert = Some(alert.clone());
@@ -626,6 +693,7 @@ impl AlertEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Divergence;
     use crate::health::{Check, aggregate};
 
     fn at(seconds: i64) -> DateTime<Utc> {
@@ -678,15 +746,25 @@ mod tests {
             health: Some(aggregate("n1", &checks)),
             ..Inputs::default()
         };
-        // `model` depends on the database: degraded from t=0; not yet for 30 s.
+        // Unhealthy from t=0; not yet for 30 s.
         assert!(engine.evaluate(&sick, at(0)).is_empty());
         assert!(engine.evaluate(&sick, at(20)).is_empty());
         let fired = engine.evaluate(&sick, at(30));
-        assert!(!fired.is_empty());
+        // One alert, for the database: the services degraded because they depend on it are
+        // covered by it.
+        assert_eq!(names(&fired), [("service_unhealthy".into(), true)]);
+        let Transition::Raised(alert) = &fired[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            alert.labels.get("service").map(String::as_str),
+            Some("database")
+        );
+        assert_eq!(alert.severity, AlertSeverity::Critical);
         assert!(
-            names(&fired)
-                .iter()
-                .all(|(rule, raised)| rule == "service_unhealthy" && *raised)
+            alert.summary.contains("connection refused"),
+            "{}",
+            alert.summary
         );
         let firing = engine.firing().len();
         // Seen again: no new alert.
@@ -764,6 +842,7 @@ mod tests {
                 attempt: 1,
                 error: "io error".into(),
                 will_retry: true,
+                divergence: None,
             }),
             at(0),
         );
@@ -772,8 +851,12 @@ mod tests {
             &event(Event::TrainingFailed {
                 job_id: job,
                 attempt: 2,
-                error: "the loss of step 7 is not finite (NaN)".into(),
+                error: "loss is not finite at step 7 (loss = NaN)".into(),
                 will_retry: false,
+                divergence: Some(Divergence {
+                    step: 7,
+                    loss: f64::NAN,
+                }),
             }),
             at(2),
         );
@@ -833,6 +916,77 @@ mod tests {
             names(&engine.evaluate(&inputs, at(5))),
             [("node_left".into(), false)]
         );
+    }
+
+    #[test]
+    fn a_nan_loss_of_a_job_that_trains_on_and_ends_fires_once_with_its_failure() {
+        let mut engine = AlertEngine::new(vec![]);
+        let job = Uuid::now_v7();
+        let inputs = Inputs::default();
+        engine.observe(&progress(job, 1, 2.0), at(0));
+        engine.observe(&progress(job, 2, f64::NAN), at(1));
+        engine.observe(&progress(job, 3, f64::NAN), at(1));
+        // The job ends before the next evaluation: the incident is still seen.
+        engine.observe(
+            &event(Event::TrainingCompleted {
+                job_id: job,
+                model_ids: vec![],
+                winner: None,
+            }),
+            at(1),
+        );
+        let fired = engine.evaluate(&inputs, at(2));
+        assert_eq!(names(&fired), [("training_diverged".into(), true)]);
+        let Transition::Raised(alert) = &fired[0] else {
+            unreachable!()
+        };
+        assert!(alert.summary.contains("NaN at step 2"), "{}", alert.summary);
+        assert_eq!(alert.labels.get("job"), Some(&job.to_string()));
+        assert!(engine.evaluate(&inputs, at(3)).is_empty());
+    }
+
+    #[test]
+    fn a_cluster_wide_alert_another_node_announced_keeps_its_identity_here() {
+        let job = Uuid::now_v7();
+        let failed = event(Event::TrainingFailed {
+            job_id: job,
+            attempt: 3,
+            error: "io error".into(),
+            will_retry: false,
+            divergence: None,
+        });
+        let inputs = Inputs::default();
+        let (mut leader, mut follower, mut late) = (
+            AlertEngine::new(vec![]),
+            AlertEngine::new(vec![]),
+            AlertEngine::new(vec![]),
+        );
+        leader.observe(&failed, at(0));
+        let Transition::Raised(announced) = leader.evaluate(&inputs, at(0)).remove(0) else {
+            unreachable!()
+        };
+        // One follower fired it before the announcement arrived, one after.
+        follower.observe(&failed, at(1));
+        follower.evaluate(&inputs, at(1));
+        follower.adopt(&announced);
+        late.observe(&failed, at(2));
+        late.adopt(&announced);
+        let fired = late.evaluate(&inputs, at(2));
+        for engine in [&follower, &late] {
+            let firing = engine.firing();
+            assert_eq!(firing.len(), 1);
+            assert_eq!((firing[0].id, firing[0].started_at), (announced.id, at(0)));
+        }
+        assert!(matches!(&fired[..], [Transition::Raised(a)] if a.id == announced.id));
+        // Whoever resolves it resolves the same alert.
+        let resolved = follower.evaluate(&inputs, at(700));
+        assert!(matches!(&resolved[..], [Transition::Resolved(a)] if a.id == announced.id));
+        // A node's own alerts are not adopted by the others.
+        let mut own = announced.clone();
+        own.rule = "disk_low".into();
+        own.id = Uuid::now_v7();
+        late.adopt(&own);
+        assert!(late.adopted.is_empty());
     }
 
     #[test]

@@ -17,6 +17,57 @@ use uuid::Uuid;
 /// version would misread.
 pub const SCHEMA_VERSION: u16 = 1;
 
+/// The step at which a run's loss stopped being a number, and what it was.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Divergence {
+    /// The 1-based step whose loss was not finite.
+    pub step: u64,
+    /// `"NaN"`, `"Infinity"` or `"-Infinity"`.
+    #[serde(with = "non_finite")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub loss: f64,
+}
+
+/// An `f64` that may be NaN or infinite: JSON has no such numbers (serde_json would write
+/// `null` and then fail to read it back), so those travel as the strings JavaScript's
+/// `Number()` parses.
+pub mod non_finite {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        if value.is_finite() {
+            serializer.serialize_f64(*value)
+        } else if value.is_nan() {
+            serializer.serialize_str("NaN")
+        } else if *value > 0.0 {
+            serializer.serialize_str("Infinity")
+        } else {
+            serializer.serialize_str("-Infinity")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Number(f64),
+            Text(String),
+        }
+        match Wire::deserialize(deserializer)? {
+            Wire::Number(value) => Ok(value),
+            Wire::Text(text) => match text.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "Infinity" => Ok(f64::INFINITY),
+                "-Infinity" => Ok(f64::NEG_INFINITY),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"NaN\", \"Infinity\" or \"-Infinity\", got {other:?}"
+                ))),
+            },
+        }
+    }
+}
+
 /// Health of one service, as reported by checks and carried in `ServiceHealthChanged`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -88,6 +139,9 @@ pub enum Event {
         variant: u32,
         step: u64,
         total_steps: u64,
+        /// A number; `"NaN"`, `"Infinity"` or `"-Infinity"` when the node trains on through a
+        /// divergence (`training.stop_on_divergence = false`).
+        #[serde(with = "non_finite")]
         loss: f64,
         accuracy: Option<f64>,
         val_loss: Option<f64>,
@@ -114,6 +168,9 @@ pub enum Event {
         /// for good (attempts used up, or a run that would fail the same way again).
         #[serde(default)]
         will_retry: bool,
+        /// Set when the attempt stopped because its loss was no longer finite.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        divergence: Option<Divergence>,
     },
     TrainingCancelled {
         job_id: Uuid,
@@ -424,8 +481,12 @@ mod tests {
             Event::TrainingFailed {
                 job_id,
                 attempt: 3,
-                error: "loss is NaN at step 7".into(),
+                error: "loss is not finite at step 7 (loss = NaN)".into(),
                 will_retry: false,
+                divergence: Some(Divergence {
+                    step: 7,
+                    loss: 1e40,
+                }),
             },
             Event::TrainingCancelled { job_id, step: 9 },
             Event::CancelRequested { job_id },
@@ -509,6 +570,51 @@ mod tests {
                 .get_version_num(),
             7
         );
+    }
+
+    #[test]
+    fn a_loss_that_is_not_a_number_survives_json_and_msgpack() {
+        let job_id = Uuid::now_v7();
+        for loss in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let event = Event::TrainingFailed {
+                job_id,
+                attempt: 1,
+                error: "diverged".into(),
+                will_retry: false,
+                divergence: Some(Divergence { step: 7, loss }),
+            };
+            let progress = Event::TrainingProgress {
+                job_id,
+                variant: 0,
+                step: 7,
+                total_steps: 10,
+                loss,
+                accuracy: None,
+                val_loss: None,
+                val_accuracy: None,
+                learning_rate: 1.0,
+                steps_per_second: 1.0,
+            };
+            for event in [event, progress] {
+                let envelope = EventEnvelope::new("n", "s", event);
+                let json = envelope.to_json().unwrap();
+                let back = EventEnvelope::from_json(json.as_bytes()).unwrap();
+                let packed = EventEnvelope::from_msgpack(&envelope.to_msgpack().unwrap()).unwrap();
+                for read in [back, packed] {
+                    let found = match read.event {
+                        Event::TrainingFailed { divergence, .. } => divergence.unwrap().loss,
+                        Event::TrainingProgress { loss, .. } => loss,
+                        other => panic!("{other:?}"),
+                    };
+                    assert_eq!(found.to_bits(), loss.to_bits(), "{json}");
+                }
+            }
+        }
+        let wrong = r#"{"type":"training_progress","data":{"job_id":"00000000-0000-0000-0000-000000000000","variant":0,"step":1,"total_steps":1,"loss":"many","accuracy":null,"val_loss":null,"val_accuracy":null,"learning_rate":1.0,"steps_per_second":1.0}}"#;
+        let error = serde_json::from_str::<Event>(wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("\"many\""), "{error}");
     }
 
     #[test]

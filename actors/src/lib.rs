@@ -18,6 +18,7 @@
 //! * [`resilience`] — circuit breaker and retry with an injectable clock.
 //! * [`metrics`] — the node's Prometheus registry and the internal events that feed it.
 
+pub mod aggregate;
 pub mod alerts;
 pub mod bus;
 pub mod cluster;

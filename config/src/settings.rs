@@ -335,6 +335,10 @@ pub struct TrainingSettings {
     pub checkpoint_every_steps: u64,
     /// Upper bound on `TrainingProgress` events per job, so a fast model cannot flood the bus.
     pub progress_events_per_second: u32,
+    /// Fail a job at the first step whose loss is NaN or infinite, naming the step and the
+    /// value, before that step touches the weights (its last checkpoint stays as it was).
+    /// `false` trains on to the end; the `training_diverged` alert still fires.
+    pub stop_on_divergence: bool,
 }
 
 impl Default for TrainingSettings {
@@ -346,6 +350,7 @@ impl Default for TrainingSettings {
             max_attempts: 3,
             checkpoint_every_steps: 500,
             progress_events_per_second: 10,
+            stop_on_divergence: true,
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use grokforge_actors::aggregate::MonitoringSummary;
 use grokforge_actors::alerts::Alert;
 use grokforge_actors::health::HealthReport;
 use grokforge_actors::services::discovery::{DiscoveryMessage, NodeInfo};
@@ -126,6 +127,40 @@ pub async fn alerts(
         .await;
     Ok(match alerts {
         Ok(alerts) => warp::reply::json(&alerts).into_response(),
+        Err(error) => Problem::unavailable(error.to_string(), 1).into_response(),
+    })
+}
+
+/// What monitoring gathered from the bus
+///
+/// Every node's events, as this node's monitoring service saw them: per job its state, node,
+/// last progress (time, step, loss, rate, validation accuracy) and its events by type; and the
+/// events seen since the node started, by type. Running jobs first, then up to 1,000 finished
+/// ones, newest first.
+#[utoipa::path(
+    get,
+    path = "/monitoring",
+    operation_id = "monitoring_summary",
+    tag = "node",
+    responses(
+        (status = 200, description = "The aggregates.", body = MonitoringSummary),
+        (status = 503, description = "The monitoring service is unavailable (no answer in \
+            time, or restarting).",
+            body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
+pub async fn monitoring(state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
+    let summary = state
+        .directory
+        .call::<MonitoringServiceMessage, MonitoringSummary, _>(
+            names::MONITORING_SERVICE,
+            MonitoringServiceMessage::Summary,
+            state.call_timeout,
+        )
+        .await;
+    Ok(match summary {
+        Ok(summary) => warp::reply::json(&summary).into_response(),
         Err(error) => Problem::unavailable(error.to_string(), 1).into_response(),
     })
 }

@@ -212,6 +212,11 @@ pub fn routes(
         .and(warp::query::<health::AlertsQuery>())
         .and(with_state.clone())
         .and_then(health::alerts);
+    let monitoring = warp::path!("monitoring")
+        .and(warp::get())
+        .and(read.clone())
+        .and(with_state.clone())
+        .and_then(health::monitoring);
     let ready = warp::path!("ready")
         .and(warp::get())
         .and(with_state.clone())
@@ -360,6 +365,7 @@ pub fn routes(
         .or(cancel_job)
         .or(download)
         .or(alerts)
+        .or(monitoring)
         .or(list_datasets)
         .or(get_dataset)
         .or(upload_dataset)

@@ -26,6 +26,7 @@ pub fn route_template(path: &str) -> &'static str {
         [Some("health"), None, None, None] => "/health",
         [Some("ready"), None, None, None] => "/ready",
         [Some("alerts"), None, None, None] => "/alerts",
+        [Some("monitoring"), None, None, None] => "/monitoring",
         [Some("metrics"), None, None, None] => "/metrics",
         [Some("openapi.json"), None, None, None] => "/openapi.json",
         [Some("ws"), None, None, None] => "/ws",

@@ -83,6 +83,7 @@ pub fn json() -> &'static str {
         crate::health::ready,
         crate::health::cluster_nodes,
         crate::health::alerts,
+        crate::health::monitoring,
         metrics,
         websocket,
         openapi_json,
@@ -434,6 +435,7 @@ mod tests {
             ("get", "/metrics"),
             ("get", "/cluster/nodes"),
             ("get", "/alerts"),
+            ("get", "/monitoring"),
             ("get", "/ws"),
             ("get", "/openapi.json"),
         ]

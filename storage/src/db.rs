@@ -129,6 +129,20 @@ impl Database {
         }
     }
 
+    /// The health check's round trip: a read of the job table, so that a schema dropped or a
+    /// database file that can no longer be read fails it, not only a connection that is gone.
+    pub async fn check(&self) -> Result<(), StorageError> {
+        const QUERY: &str = "SELECT 1 FROM jobs LIMIT 1";
+        let result = match self {
+            Database::Sqlite(pool) => sqlx::query(QUERY).fetch_optional(pool).await.map(|_| ()),
+            Database::Postgres(pool) => sqlx::query(QUERY).fetch_optional(pool).await.map(|_| ()),
+        };
+        result.map_err(|source| StorageError::Database {
+            target: self.kind().to_string(),
+            source,
+        })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Database::Sqlite(_) => "sqlite",
@@ -247,8 +261,24 @@ mod tests {
             .await
             .unwrap();
         test.database.ping().await.unwrap();
+        test.database.check().await.unwrap();
         // Migrating again is a no-op.
         test.database.migrate().await.unwrap();
+        // Without its tables the database still answers, but the check fails.
+        let Database::Postgres(pool) = &test.database else {
+            unreachable!("a PostgreSQL test database")
+        };
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(pool)
+            .await
+            .unwrap();
+        test.database.ping().await.unwrap();
+        let error = test.database.check().await.unwrap_err().to_string();
+        assert!(error.contains("jobs"), "{error}");
         test.cleanup().await;
     }
 

@@ -330,3 +330,17 @@ pub fn variant_logits(jobs_dir: &Path, job_id: &str) -> Vec<f32> {
         .try_to_vec::<f32>()
         .unwrap()
 }
+
+/// Runs `sql` with psql against the test's database (outside the test's schema pinning, so
+/// `sql` names the schema itself).
+#[allow(dead_code)]
+pub fn psql(database_url: &str, sql: &str) -> Command {
+    let base = database_url.split('?').next().unwrap();
+    let mut command = Command::new("psql");
+    command
+        .arg(base)
+        .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}

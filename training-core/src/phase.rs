@@ -213,6 +213,8 @@ pub struct PhaseContext<'a> {
     pub cache_dir: Option<PathBuf>,
     /// Model directories handed over by the previous phase (empty for `cognate`).
     pub inputs: Vec<PathBuf>,
+    /// Train on through a NaN or infinite loss (see [`RunControl::continue_on_divergence`]).
+    pub continue_on_divergence: bool,
 }
 
 /// A phase implementation.
@@ -338,6 +340,7 @@ impl Recipe for CognateRecipe {
                     resume: None,
                     ..spec.clone()
                 }),
+                continue_on_divergence: ctx.continue_on_divergence,
             };
             let outcome = trainer.run(&control, &mut *ctx.observer)?;
             let result = VariantResult {

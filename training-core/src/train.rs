@@ -266,6 +266,9 @@ pub struct RunControl {
     pub checkpoint_path: Option<PathBuf>,
     /// The request the run belongs to, stored in its checkpoints so `--resume` needs nothing else.
     pub spec: Option<TrainSpec>,
+    /// Train on through a NaN or infinite loss instead of stopping with
+    /// [`Error::NonFiniteLoss`] at that step (the default stops: the weights are lost by then).
+    pub continue_on_divergence: bool,
 }
 
 /// One training run in progress.
@@ -412,7 +415,7 @@ impl Trainer {
                     final_eval: self.history.last().cloned(),
                 });
             }
-            let (loss, accuracy, lr) = self.train_step()?;
+            let (loss, accuracy, lr) = self.train_step(control.continue_on_divergence)?;
 
             let due = if self.config.eval_every == 0 {
                 self.order.epoch_finished()
@@ -488,8 +491,9 @@ impl Trainer {
         false
     }
 
-    /// One optimizer step; returns the step's loss, accuracy and learning rate.
-    fn train_step(&mut self) -> Result<(f64, f64, f64)> {
+    /// One optimizer step; returns the step's loss, accuracy and learning rate. A loss that is
+    /// not finite stops the run before it reaches the weights, unless `continue_on_divergence`.
+    fn train_step(&mut self, continue_on_divergence: bool) -> Result<(f64, f64, f64)> {
         let rows = self.order.next_batch();
         let batch = self.dataset.train_batch(&rows, &self.device);
         let lr = self.config.optimizer.lr_at(self.step);
@@ -502,7 +506,7 @@ impl Trainer {
         // One read for both numbers: the loss must be checked before it touches the weights.
         let stats = crate::to_f32_vec(Tensor::cat(vec![loss.clone().detach(), correct], 0));
         let (loss_value, correct_value) = (f64::from(stats[0]), f64::from(stats[1]));
-        if !loss_value.is_finite() {
+        if !loss_value.is_finite() && !continue_on_divergence {
             self.model = Some(model);
             return Err(Error::NonFiniteLoss {
                 step: self.step + 1,

@@ -108,6 +108,7 @@ fn exported_safetensors_give_the_same_logits_in_pytorch() {
             observer: &mut NoopObserver,
             cache_dir: None,
             inputs: Vec::new(),
+            continue_on_divergence: false,
         })
         .unwrap();
     let dir = outcome.variants[0].dir.clone().unwrap();

@@ -128,6 +128,7 @@ fn interrupted_matches_uninterrupted(grokfast: GrokFastKind) {
         cancel: cancel.clone(),
         checkpoint_path: Some(path.clone()),
         spec: None,
+        continue_on_divergence: false,
     };
     let mut first = Trainer::new(config, data.clone(), &device).unwrap();
     let mut recorder = Recorder {
@@ -330,6 +331,7 @@ fn cognate_trains_variants_marks_a_winner_and_resumes_after_cancel() {
             observer: &mut cancelling,
             cache_dir: None,
             inputs: Vec::new(),
+            continue_on_divergence: false,
         })
         .unwrap();
     let checkpoint = match &outcome.status {
@@ -356,6 +358,7 @@ fn cognate_trains_variants_marks_a_winner_and_resumes_after_cancel() {
             observer: &mut observer,
             cache_dir: None,
             inputs: Vec::new(),
+            continue_on_divergence: false,
         })
         .unwrap();
     assert_eq!(resumed.status, PhaseStatus::Completed);

@@ -23,6 +23,8 @@ use grokforge_training_core::{
 };
 use uuid::Uuid;
 
+use crate::events::Divergence;
+
 /// What a worker tells its service.
 #[derive(Debug, Clone)]
 pub enum WorkerReport {
@@ -50,6 +52,8 @@ pub struct RunFailure {
     /// `false` for a run that diverged (a NaN or infinite loss): the same seed and data diverge
     /// again at the same step, so the job fails for good instead of burning its attempts.
     pub retryable: bool,
+    /// Where the loss stopped being a number, when that is why it failed.
+    pub divergence: Option<Divergence>,
 }
 
 impl RunFailure {
@@ -57,16 +61,27 @@ impl RunFailure {
         RunFailure {
             message: message.into(),
             retryable: true,
+            divergence: None,
+        }
+    }
+
+    /// A failure that another attempt would repeat.
+    pub fn for_good(message: impl Into<String>) -> RunFailure {
+        RunFailure {
+            retryable: false,
+            ..RunFailure::retryable(message)
         }
     }
 }
 
 impl From<grokforge_training_core::Error> for RunFailure {
     fn from(error: grokforge_training_core::Error) -> RunFailure {
-        let retryable = !matches!(error, grokforge_training_core::Error::NonFiniteLoss { .. });
-        RunFailure {
-            message: error.to_string(),
-            retryable,
+        match error {
+            grokforge_training_core::Error::NonFiniteLoss { step, loss } => RunFailure {
+                divergence: Some(Divergence { step, loss }),
+                ..RunFailure::for_good(error.to_string())
+            },
+            other => RunFailure::retryable(other.to_string()),
         }
     }
 }
@@ -95,6 +110,8 @@ pub struct JobRun {
     pub device: Device,
     pub cache_dir: Option<PathBuf>,
     pub progress_per_second: u32,
+    /// `training.stop_on_divergence`: fail at the first step whose loss is not finite.
+    pub stop_on_divergence: bool,
     /// Files to check before training: each must still have the SHA-256 it had when the job
     /// was queued.
     pub verify: Vec<VerifyFile>,
@@ -214,10 +231,7 @@ fn execute(
     let recipe = recipe_for(run.phase).map_err(|e| RunFailure::retryable(e.to_string()))?;
     // Bytes that differ from the job's record stay different on every attempt.
     for file in &run.verify {
-        file.check().map_err(|message| RunFailure {
-            message,
-            retryable: false,
-        })?;
+        file.check().map_err(RunFailure::for_good)?;
     }
     let interval = Duration::from_secs_f64(1.0 / f64::from(run.progress_per_second.max(1)));
     let mut observer = Reporter {
@@ -232,6 +246,7 @@ fn execute(
         observer: &mut observer,
         cache_dir: run.cache_dir,
         inputs: Vec::new(),
+        continue_on_divergence: !run.stop_on_divergence,
     };
     recipe.run(&mut context).map_err(RunFailure::from)
 }

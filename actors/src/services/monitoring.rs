@@ -1,6 +1,7 @@
 //! `MonitoringService`: runs the node's health checks, keeps the latest report, and announces
 //! every change of a component's state on the bus (`ServiceHealthChanged`). It also follows
-//! every event on the bus (every node's, through the bridge) into its [`AlertEngine`], evaluates
+//! every event on the bus (every node's, through the bridge) into its [`Aggregates`] (per job:
+//! last progress, step, loss, rate; events by type) and its [`AlertEngine`], evaluates
 //! the alert rules after each round of checks, and delivers what fires and resolves:
 //! `alert_raised` / `alert_resolved` on `admin_alerts`, `grokforge_alerts_firing`, webhooks.
 //!
@@ -31,6 +32,7 @@ use super::discovery::DiscoveryMessage;
 use super::model::ModelServiceMessage;
 use super::training::TrainingServiceMessage;
 use super::websocket::WebSocketHubMessage;
+use crate::aggregate::{Aggregates, MonitoringSummary};
 use crate::alerts::{Alert, AlertEngine, Inputs, Rule, RuleKind, Transition};
 use crate::bus::{EventBusMessage, Publisher};
 use crate::directory::{ServiceDirectory, names};
@@ -153,7 +155,7 @@ impl HealthProbe {
     }
 
     async fn database(&self) -> Result<(), String> {
-        self.database.ping().await.map_err(|e| e.to_string())
+        self.database.check().await.map_err(|e| e.to_string())
     }
 
     async fn file_system(&self) -> Result<(), String> {
@@ -210,7 +212,9 @@ pub enum MonitoringServiceMessage {
         limit: usize,
         reply: RpcReplyPort<Vec<Alert>>,
     },
-    /// Internal: an event from the bus, for the alert engine.
+    /// What the bus said of each job, and its events by type.
+    Summary(RpcReplyPort<MonitoringSummary>),
+    /// Internal: an event from the bus, for the aggregates and the alert engine.
     Observed(Arc<EventEnvelope>),
     /// Run the checks now and reply with the fresh report.
     CheckNow(RpcReplyPort<HealthReport>),
@@ -265,6 +269,7 @@ pub struct MonitoringServiceState {
     ticker: Option<JoinHandle<()>>,
     tasks: CancellationToken,
     engine: AlertEngine,
+    aggregates: Aggregates,
     webhooks: Vec<Webhook>,
     /// Whether this node announces the cluster-wide alerts.
     leader: Arc<AtomicBool>,
@@ -420,17 +425,20 @@ impl MonitoringServiceState {
         }
     }
 
-    /// Notes an alert event of another node: what it announced, this node need not.
+    /// Notes an alert event of another node: what it announced, this node need not, and the
+    /// alert keeps the announcer's id and start here too.
     fn observe_alert(&mut self, envelope: &EventEnvelope) {
         if envelope.source_node == self.arguments.probe.node_id {
             return;
         }
         match &envelope.event {
             Event::AlertRaised(alert) => {
+                self.engine.adopt(alert);
                 self.announced
                     .insert((alert.rule.clone(), alert.labels.clone()));
             }
             Event::AlertResolved(alert) => {
+                self.engine.forget(alert);
                 self.announced
                     .remove(&(alert.rule.clone(), alert.labels.clone()));
             }
@@ -577,6 +585,7 @@ impl Actor for MonitoringService {
             .collect();
         Ok(MonitoringServiceState {
             engine: AlertEngine::new(arguments.rules.clone()),
+            aggregates: Aggregates::default(),
             arguments,
             latest: None,
             states: BTreeMap::new(),
@@ -612,6 +621,9 @@ impl Actor for MonitoringService {
             }
             MonitoringServiceMessage::CheckNow(reply) => state.spawn_round(&myself, Some(reply)),
             MonitoringServiceMessage::Tick => state.spawn_round(&myself, None),
+            MonitoringServiceMessage::Summary(reply) => {
+                let _ = reply.send(state.aggregates.summary());
+            }
             MonitoringServiceMessage::Latest(reply) => {
                 let _ = reply.send(state.latest.clone());
             }
@@ -621,6 +633,7 @@ impl Actor for MonitoringService {
             }
             MonitoringServiceMessage::Observed(envelope) => {
                 state.observe_alert(&envelope);
+                state.aggregates.observe(&envelope);
                 state.engine.observe(&envelope, chrono::Utc::now());
             }
             MonitoringServiceMessage::Alerts {

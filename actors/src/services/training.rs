@@ -632,6 +632,7 @@ impl TrainingServiceState {
                         attempt: job.attempts,
                         error,
                         will_retry: finished.is_ok_and(|job| job.status != JobStatus::Failed),
+                        divergence: None,
                     },
                 )
                 .await;
@@ -675,6 +676,7 @@ impl TrainingServiceState {
                 device: self.args.device.clone(),
                 cache_dir: Some(self.args.cache_dir.clone()),
                 progress_per_second: self.args.settings.progress_events_per_second,
+                stop_on_divergence: self.args.settings.stop_on_divergence,
                 verify,
             },
             move |report| {
@@ -1023,7 +1025,11 @@ impl TrainingServiceState {
                     .inc();
                 tracing::info!(%job_id, "job completed");
             }
-            Err(RunFailure { message, retryable }) => {
+            Err(RunFailure {
+                message,
+                retryable,
+                divergence,
+            }) => {
                 tracing::warn!(%job_id, attempt, error = %message, retryable, "job attempt failed");
                 // Whether another attempt follows, so that the event says so.
                 let will_retry =
@@ -1038,6 +1044,7 @@ impl TrainingServiceState {
                         attempt,
                         error: message.clone(),
                         will_retry,
+                        divergence,
                     },
                 )
                 .await;

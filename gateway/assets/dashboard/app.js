@@ -59,7 +59,11 @@ function withCode(text) {
 // minute, so the short form is the random tail.
 const shortId = (id) => (id ? String(id).slice(-8) : '—');
 
+// A loss that is not a number arrives as the string "NaN", "Infinity" or "-Infinity".
+const finiteOrNull = (value) => (typeof value === 'number' && Number.isFinite(value) ? value : null);
+
 function fmtNum(value, digits = 4) {
+  if (typeof value === 'string') return value;
   if (value === null || value === undefined || Number.isNaN(value)) return '—';
   const abs = Math.abs(value);
   if (abs !== 0 && (abs < 1e-3 || abs >= 1e6)) return value.toExponential(2);
@@ -335,7 +339,8 @@ class SeriesStore {
     let n = this.step.length;
     while (n > 0 && this.step[n - 1] >= step) n -= 1;
     if (n < this.step.length) for (const array of this.arrays()) array.length = n;
-    const values = [step, loss ?? null, acc ?? null, valLoss ?? null, valAcc ?? null];
+    // A gap in the curve where a value is missing or not a number.
+    const values = [step, finiteOrNull(loss), finiteOrNull(acc), finiteOrNull(valLoss), finiteOrNull(valAcc)];
     const last = this.step.length - 1;
     if (last >= 0 && this.weight[last] < this.stride) {
       this.merge(last, values, 1);
