@@ -251,6 +251,46 @@ fn a_diverging_run_stops_with_the_step_of_the_bad_loss() {
 }
 
 #[test]
+fn a_diverging_run_keeps_its_last_checkpoint_or_trains_on_when_told() {
+    let device = parse_device("cpu").unwrap();
+    let spec = TrainSpec {
+        lr: 1e30,
+        warmup_steps: 0,
+        steps: 20,
+        checkpoint_every: 1,
+        grokfast: GrokFastKind::None,
+        ..tiny_spec()
+    };
+    let data = dataset(&spec);
+    let config = spec.run_config(0, &data).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.gfck");
+    let control = RunControl {
+        checkpoint_path: Some(path.clone()),
+        ..RunControl::default()
+    };
+    let mut trainer = Trainer::new(config.clone(), data.clone(), &device).unwrap();
+    let Err(Error::NonFiniteLoss { step, .. }) = trainer.run(&control, &mut NoopObserver) else {
+        panic!("expected a non-finite loss");
+    };
+    // The checkpoint of the step before is there, whole, and was not overwritten.
+    let checkpoint = Checkpoint::load(&path).unwrap();
+    assert_eq!(checkpoint.meta.step, step - 1);
+
+    let mut trainer = Trainer::new(config, data, &device).unwrap();
+    let outcome = trainer
+        .run(
+            &RunControl {
+                continue_on_divergence: true,
+                ..RunControl::default()
+            },
+            &mut NoopObserver,
+        )
+        .unwrap();
+    assert_eq!(outcome.step, 20, "trained on to the end");
+}
+
+#[test]
 fn stop_at_val_acc_ends_the_run_early() {
     let device = parse_device("cpu").unwrap();
     let spec = TrainSpec {
