@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use futures::{SinkExt, StreamExt};
 use grokforge_actors::Event;
-use grokforge_actors::events::SCHEMA_VERSION;
+use grokforge_actors::events::{SCHEMA_VERSION, WireError};
+use grokforge_actors::services::websocket::protocol::{
+    ClientFrame, ControlFrame, EventFrame, ServerFrame,
+};
 use grokforge_actors::storage::{JobRecord, JobStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
@@ -176,41 +178,6 @@ fn cancel_summary(job: &JobRecord) -> String {
     }
 }
 
-/// What the client sends on the socket. The protocol's `ping` and `unsubscribe` are not needed:
-/// the node pings at the WebSocket level, which tungstenite answers while reading, and the
-/// watch ends by closing.
-#[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientFrame<'a> {
-    Subscribe { topic: &'a str, since: u64 },
-}
-
-impl ClientFrame<'_> {
-    fn to_message(&self) -> Message {
-        // A fixed shape of strings and integers: serializing it cannot fail.
-        Message::text(serde_json::to_string(self).unwrap_or_default())
-    }
-}
-
-/// The members of a server event frame beside the event itself (`type` and `data`).
-#[derive(Debug, Deserialize)]
-struct EventFrameHead {
-    topic: Option<String>,
-    seq: Option<u64>,
-    schema_version: Option<u16>,
-}
-
-/// The event kinds that belong to a job's topic; other kinds are not this command's business.
-const JOB_EVENT_KINDS: [&str; 7] = [
-    "training_started",
-    "training_progress",
-    "checkpoint_saved",
-    "model_saved",
-    "training_completed",
-    "training_failed",
-    "training_cancelled",
-];
-
 /// How a watched job ended.
 #[derive(Debug, Clone, PartialEq)]
 enum Outcome {
@@ -271,80 +238,50 @@ impl Watch {
     }
 
     fn subscribe(&self) -> Message {
-        ClientFrame::Subscribe {
-            topic: &self.topic,
-            since: 0,
-        }
-        .to_message()
+        let frame = ClientFrame::Subscribe {
+            topic: self.topic.clone(),
+            since: Some(0),
+        };
+        // Strings and integers: serializing it cannot fail.
+        Message::text(serde_json::to_string(&frame).unwrap_or_default())
     }
 
     fn on_text(&mut self, text: &str) -> Step {
-        let frame: serde_json::Value = match serde_json::from_str(text) {
-            Ok(frame) => frame,
-            Err(error) => {
-                self.bars
-                    .say(format!("ignoring a frame that is not JSON: {error}"));
-                return Step::Continue;
-            }
-        };
-        let kind = frame
-            .get("type")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default();
-        match kind {
-            "connection_established" | "pong" | "unsubscribed" => Step::Continue,
-            "subscription_confirmed" => {
+        match ServerFrame::parse(text) {
+            Ok(ServerFrame::Control(ControlFrame::SubscriptionConfirmed { .. })) => {
                 if self.replay_ended_the_job() {
                     return Step::Finished(self.recorded_outcome());
                 }
                 Step::Continue
             }
-            "error" => Step::Fatal(format!(
-                "the node refused to stream job {}: {}",
-                self.job_id,
-                frame
-                    .get("message")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("(no message)")
+            Ok(ServerFrame::Control(ControlFrame::Error { message, .. })) => Step::Fatal(format!(
+                "the node refused to stream job {}: {message}",
+                self.job_id
             )),
-            kind if JOB_EVENT_KINDS.contains(&kind) => self.on_event(kind, &frame),
-            _ => Step::Continue,
+            Ok(ServerFrame::Control(_)) => Step::Continue,
+            Ok(ServerFrame::Event(frame)) => self.on_event(*frame),
+            // Reading on could misread the event that ends the job and wait forever.
+            Err(WireError::UnsupportedVersion { found, .. }) => Step::Fatal(format!(
+                "the node sends events of schema version {found}; this grokforge reads up to \
+                 {SCHEMA_VERSION}: use a grokforge as new as the node's"
+            )),
+            Err(error) => {
+                self.bars.say(format!(
+                    "ignoring a frame this grokforge cannot read: {error}"
+                ));
+                Step::Continue
+            }
         }
     }
 
-    fn on_event(&mut self, kind: &str, frame: &serde_json::Value) -> Step {
-        let head = match EventFrameHead::deserialize(frame) {
-            Ok(head) => head,
-            Err(error) => {
-                self.bars
-                    .say(format!("ignoring a malformed {kind} frame: {error}"));
-                return Step::Continue;
-            }
-        };
-        if head.topic.as_deref().is_some_and(|t| t != self.topic) {
+    fn on_event(&mut self, frame: EventFrame) -> Step {
+        let EventFrame {
+            event, topic, seq, ..
+        } = frame;
+        if topic != self.topic || event.job_id() != Some(self.job_id) {
             return Step::Continue;
         }
-        if let Some(found) = head.schema_version.filter(|v| *v > SCHEMA_VERSION) {
-            // Reading on could misread the event that ends the job and wait forever.
-            return Step::Fatal(format!(
-                "the node sends events of schema version {found}; this grokforge reads up to \
-                 {SCHEMA_VERSION}: use a grokforge as new as the node's"
-            ));
-        }
-        // `{type, data}` is the event's own adjacently tagged form; the other members are
-        // ignored by its deserializer.
-        let event = match Event::deserialize(frame) {
-            Ok(event) => event,
-            Err(error) => {
-                self.bars
-                    .say(format!("ignoring a malformed {kind} frame: {error}"));
-                return Step::Continue;
-            }
-        };
-        if event.job_id() != Some(self.job_id) {
-            return Step::Continue;
-        }
-        if let Some(seq) = head.seq {
+        if let Some(seq) = seq {
             // The node promises no duplicates; this only guards the bars against one.
             if seq <= self.last_seq {
                 return Step::Continue;

@@ -1,7 +1,6 @@
 //! The `grokforge` binary: parses the command line and the configuration, sets up logging,
 //! and hands over to the libraries. Nothing else lives here.
 
-mod client;
 mod datasets_cmd;
 mod jobs_cmd;
 mod models_cmd;
@@ -13,6 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use grokforge::client;
 use grokforge_config::Settings;
 
 #[derive(Parser)]

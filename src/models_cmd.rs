@@ -9,7 +9,6 @@
 //! written under a temporary name, its size checked against the export record and every file
 //! in it against the SHA-256 its manifest lists, and only then renamed into place.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -464,39 +463,15 @@ async fn download_export(
 fn verify_archive(path: &Path, export_id: Uuid) -> anyhow::Result<usize> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file))
-        .with_context(|| format!("the download {} is not a zip archive", path.display()))?;
-    let manifest: ExportManifest = {
-        let entry = archive
-            .by_name("export_manifest.json")
-            .context("the archive has no export_manifest.json")?;
-        serde_json::from_reader(entry)
-            .context("the archive's export_manifest.json is unreadable")?
-    };
-    check_manifest_id(&manifest, export_id)?;
-    let mut verified = 0;
-    for model in &manifest.models {
-        for listed in &model.files {
-            let entry = archive.by_name(&listed.path).with_context(|| {
+    let (manifest, verified) =
+        grokforge_actors::storage::export::verify_archive(std::io::BufReader::new(file))
+            .with_context(|| {
                 format!(
-                    "the archive lacks {}, which its manifest lists",
-                    listed.path
+                    "the download {} is not what its manifest says",
+                    path.display()
                 )
             })?;
-            let (size_bytes, sha256) = hash_reader(entry)
-                .with_context(|| format!("cannot read {} from the archive", listed.path))?;
-            if size_bytes != listed.size_bytes || sha256 != listed.sha256 {
-                bail!(
-                    "{} in the archive has {size_bytes} bytes with SHA-256 {sha256}; the manifest \
-                     says {} bytes with {}",
-                    listed.path,
-                    listed.size_bytes,
-                    listed.sha256
-                );
-            }
-            verified += 1;
-        }
-    }
+    check_manifest_id(&manifest, export_id)?;
     Ok(verified)
 }
 
@@ -508,21 +483,6 @@ fn check_manifest_id(manifest: &ExportManifest, export_id: Uuid) -> anyhow::Resu
         );
     }
     Ok(())
-}
-
-fn hash_reader(mut reader: impl Read) -> std::io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    let mut size_bytes = 0u64;
-    loop {
-        let read = reader.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        size_bytes += read as u64;
-    }
-    Ok((size_bytes, format!("{:x}", hasher.finalize())))
 }
 
 #[cfg(test)]
@@ -554,7 +514,10 @@ mod tests {
             .compression_method(zip::CompressionMethod::Deflated);
         zip.start_file("m/weights.bin", options).unwrap();
         zip.write_all(weights).unwrap();
-        let (size_bytes, sha256) = hash_reader(claimed).unwrap();
+        let (size_bytes, sha256) = (
+            claimed.len() as u64,
+            grokforge_actors::storage::artifacts::sha256_hex(claimed),
+        );
         let manifest = serde_json::json!({
             "schema_version": 1,
             "export_id": export_id,
@@ -586,9 +549,9 @@ mod tests {
 
         let tampered = dir.path().join("tampered.zip");
         archive(&tampered, id, b"weightz", b"weights");
-        let error = verify_archive(&tampered, id).unwrap_err().to_string();
+        let error = format!("{:#}", verify_archive(&tampered, id).unwrap_err());
         assert!(
-            error.starts_with("m/weights.bin in the archive has 7 bytes"),
+            error.contains("m/weights.bin in the package has 7 bytes"),
             "{error}"
         );
 

@@ -4,7 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_TOKEN, READ_TOKEN, client, grokforge, start};
+use common::{ADMIN_TOKEN, READ_TOKEN, WsClient, grokforge, start};
+use grokforge::client::{ApiError, Client};
+use grokforge_actors::services::websocket::protocol::ServerFrame;
+use grokforge_actors::storage::{JobRecord, JobStatus};
 use serde_json::{Value, json};
 
 /// Runs the client with `args` and returns (success, stdout, stderr). Blocking: call it from
@@ -33,20 +36,71 @@ async fn run_async(base: &str, token: &str, args: &[&str]) -> (bool, String, Str
     .unwrap()
 }
 
+/// Starts a small job through the CLI's own client library.
 async fn start_job(base: &str, steps: u64) -> String {
     let body = json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2,
                       "d_ff": 32, "batch_size": 16, "steps": steps, "eval_every": 50,
                       "variants": 2, "threads": 1});
-    let job: Value = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let client = Client::new(base, Some(ADMIN_TOKEN.into())).unwrap();
+    let job: JobRecord = client
+        .post_json(&["phases", "cognate", "start"], Some(body))
         .await
         .unwrap();
-    job["id"].as_str().unwrap().to_string()
+    job.id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_and_the_nodes_frames_are_one_vocabulary() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start(data.path());
+    let base = server.base.clone();
+    let client = Client::new(&base, Some(ADMIN_TOKEN.into())).unwrap();
+
+    // A refused field comes back as the node's problem, read by the library.
+    let error = client
+        .post_json::<JobRecord>(&["phases", "cognate", "start"], Some(json!({"steps": 0})))
+        .await
+        .unwrap_err();
+    let problem = error
+        .downcast_ref::<ApiError>()
+        .unwrap_or_else(|| panic!("not an API error: {error:#}"));
+    assert_eq!(problem.status, 422, "{problem:?}");
+    assert!(
+        problem
+            .extras
+            .iter()
+            .any(|(k, v)| k == "field" && v == "steps"),
+        "{problem:?}"
+    );
+
+    // Every frame the node sends while a job runs is one the shared wire types read.
+    let mut socket = WsClient::connect(&base).await;
+    let id = start_job(&base, 60).await;
+    socket.subscribe(&format!("job:{id}"), Some(0)).await;
+    let mut kinds = Vec::new();
+    while !kinds.contains(&"training_completed".to_string()) {
+        let frame = socket.next_json(Duration::from_secs(60)).await;
+        match ServerFrame::parse(&frame.to_string()) {
+            Ok(ServerFrame::Event(event)) => {
+                assert_eq!(event.topic, format!("job:{id}"));
+                assert_eq!(
+                    event.event.job_id().map(|j| j.to_string()),
+                    Some(id.clone())
+                );
+                kinds.push(event.event.kind().to_string());
+            }
+            Ok(ServerFrame::Control(control)) => panic!("a control frame mid-stream: {control:?}"),
+            Err(error) => panic!("a frame the client cannot read: {error}: {frame}"),
+        }
+    }
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("training_started"),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "training_progress"), "{kinds:?}");
+    let job: JobRecord = client.get_json(&["jobs", &id], &[]).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,6 +149,73 @@ pub struct ExportedFile {
     pub sha256: String,
 }
 
+/// Why a package does not hold what its manifest lists.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageMismatch {
+    #[error("not a zip archive: {0}")]
+    NotZip(String),
+    #[error("the package has no {EXPORT_MANIFEST_FILE}")]
+    NoManifest,
+    #[error("the package's {EXPORT_MANIFEST_FILE} is unreadable: {0}")]
+    BadManifest(String),
+    #[error("the package lacks {0}, which its manifest lists")]
+    Missing(String),
+    #[error("cannot read {path} from the package: {error}")]
+    Unreadable { path: String, error: String },
+    #[error(
+        "{path} in the package has {size_bytes} bytes with SHA-256 {sha256}; the manifest says \
+         {listed_bytes} bytes with {listed_sha256}"
+    )]
+    Differs {
+        path: String,
+        size_bytes: u64,
+        sha256: String,
+        listed_bytes: u64,
+        listed_sha256: String,
+    },
+}
+
+/// Checks every file an export archive's manifest lists against its size and SHA-256, the
+/// way a client checks a download before trusting it. Returns the manifest and how many files
+/// were checked.
+pub fn verify_archive(
+    reader: impl std::io::Read + std::io::Seek,
+) -> Result<(ExportManifest, usize), PackageMismatch> {
+    use sha2::Digest;
+    let mut archive =
+        zip::ZipArchive::new(reader).map_err(|e| PackageMismatch::NotZip(e.to_string()))?;
+    let manifest: ExportManifest = {
+        let entry = archive
+            .by_name(EXPORT_MANIFEST_FILE)
+            .map_err(|_| PackageMismatch::NoManifest)?;
+        serde_json::from_reader(entry).map_err(|e| PackageMismatch::BadManifest(e.to_string()))?
+    };
+    let mut verified = 0;
+    for listed in manifest.models.iter().flat_map(|model| &model.files) {
+        let mut entry = archive
+            .by_name(&listed.path)
+            .map_err(|_| PackageMismatch::Missing(listed.path.clone()))?;
+        let mut hasher = sha2::Sha256::new();
+        let size_bytes =
+            std::io::copy(&mut entry, &mut hasher).map_err(|e| PackageMismatch::Unreadable {
+                path: listed.path.clone(),
+                error: e.to_string(),
+            })?;
+        let sha256 = crate::artifacts::hex(&hasher.finalize());
+        if size_bytes != listed.size_bytes || sha256 != listed.sha256 {
+            return Err(PackageMismatch::Differs {
+                path: listed.path.clone(),
+                size_bytes,
+                sha256,
+                listed_bytes: listed.size_bytes,
+                listed_sha256: listed.sha256.clone(),
+            });
+        }
+        verified += 1;
+    }
+    Ok((manifest, verified))
+}
+
 #[derive(sqlx::FromRow)]
 struct ExportRow {
     id: Uuid,

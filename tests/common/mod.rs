@@ -289,28 +289,14 @@ impl WsClient {
     }
 }
 
-/// Opens a downloaded export archive and checks every file against the SHA-256 its manifest
-/// records; returns the manifest and how many files were checked.
+/// Opens a downloaded export archive and checks every file against the size and SHA-256 its
+/// manifest records, as the CLI does; returns the manifest (as JSON) and how many files were
+/// checked.
 pub fn verify_export_zip(bytes: &[u8]) -> (serde_json::Value, usize) {
-    use sha2::Digest;
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes.to_vec())).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_reader(zip.by_name("export_manifest.json").unwrap()).unwrap();
-    let mut checked = 0;
-    for model in manifest["models"].as_array().unwrap() {
-        for file in model["files"].as_array().unwrap() {
-            let path = file["path"].as_str().unwrap();
-            let mut content = Vec::new();
-            std::io::Read::read_to_end(&mut zip.by_name(path).unwrap(), &mut content).unwrap();
-            assert_eq!(
-                format!("{:x}", sha2::Sha256::digest(&content)),
-                file["sha256"].as_str().unwrap(),
-                "{path}"
-            );
-            checked += 1;
-        }
-    }
-    (manifest, checked)
+    let (manifest, checked) =
+        grokforge_actors::storage::export::verify_archive(std::io::Cursor::new(bytes))
+            .unwrap_or_else(|error| panic!("the export does not match its manifest: {error}"));
+    (serde_json::to_value(manifest).unwrap(), checked)
 }
 
 /// The logits of a job's variant 0, read from `<jobs_dir>/<job id>/variant-0`, on a fixed batch:

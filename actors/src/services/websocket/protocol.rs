@@ -150,6 +150,36 @@ pub fn encode_event_frame(topic: &str, envelope: &EventEnvelope) -> Result<Strin
     .map_err(|e| WireError::Encode(e.to_string()))
 }
 
+/// Anything the server sends, as a client reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    Control(ControlFrame),
+    Event(Box<EventFrame>),
+}
+
+impl ServerFrame {
+    /// Reads one text frame. An event frame of a newer schema is refused as such
+    /// ([`WireError::UnsupportedVersion`]) before its event is read: its kinds may be unknown here.
+    pub fn parse(text: &str) -> Result<ServerFrame, WireError> {
+        if let Ok(control) = serde_json::from_str::<ControlFrame>(text) {
+            return Ok(ServerFrame::Control(control));
+        }
+        #[derive(Deserialize)]
+        struct Head {
+            schema_version: Option<u16>,
+        }
+        let head: Head =
+            serde_json::from_str(text).map_err(|e| WireError::Decode(e.to_string()))?;
+        if let Some(found) = head.schema_version.filter(|v| *v > SCHEMA_VERSION) {
+            return Err(WireError::UnsupportedVersion {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        EventFrame::parse(text).map(|frame| ServerFrame::Event(Box::new(frame)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
