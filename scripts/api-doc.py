@@ -143,8 +143,9 @@ def render_schema(name: str, schema: Json) -> list[str]:
             lines += ["Other fields are refused.", ""]
     else:
         variants = schema.get("oneOf") or schema.get("anyOf")
-        tags = [discriminator(variant) for variant in variants or []]
-        if variants and all(tags):
+        found = [discriminator(variant) for variant in variants or []]
+        tags = [tag for tag in found if tag is not None]
+        if variants and len(tags) == len(variants):
             lines += [f"One of {len(variants)} objects, told apart by `{tags[0][0]}`:", ""]
             for variant, (tag, value) in zip(variants, tags):
                 lines += [f"#### {name}: `{tag}` = `{value}`", ""]
