@@ -1,10 +1,18 @@
 // Embeds the dashboard (`assets/dashboard/`) in the binary: writes `$OUT_DIR/dashboard.rs`, a
 // table of every file there with its bytes (`include_bytes!`) and content type. Nothing is read
 // from disk at run time, and a request can only name an entry of the table.
+//
+// Also embeds LibTorch's library directory as an rpath into this crate's tests and benches, so
+// they run from a plain shell without LD_LIBRARY_PATH. torch-sys exports the directory to its
+// direct dependents only (DEP_TCH_LIBTORCH_LIB), hence the optional torch-sys dependency.
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("assets/dashboard");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();

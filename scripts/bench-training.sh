@@ -42,9 +42,9 @@
 #                           smoke-test this script with tiny settings, never for numbers
 #
 # The runtime estimate is printed before anything runs. It comes from the step rates measured on
-# a 2-core Xeon @ 2.5 GHz in session 4 (LibTorch about 0.15 ms per example and step on one thread,
-# 0.08 ms on two, 6 ms fixed per step) and flex at 0.4× tch (session 3). Compile time (several
-# minutes per feature set) comes on top.
+# a 2-core Xeon @ 2.5 GHz on 2026-11-28 (LibTorch about 0.15 ms per example and step on one
+# thread, 0.08 ms on two, 6 ms fixed per step) and flex at 0.4× tch (BENCHMARKS.md, "Pure-Rust
+# backends"). Compile time (several minutes per feature set) comes on top.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

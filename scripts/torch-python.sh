@@ -1,23 +1,45 @@
 #!/usr/bin/env bash
 # Makes `import torch` work in the LibTorch virtualenv of scripts/libtorch-env.sh, for the
-# PyTorch reference model in training-core/benches (the export parity test and the throughput
-# benchmark). Run after `eval "$(scripts/libtorch-env.sh)"`; a no-op once done.
+# PyTorch reference model in training-core/benches (the export parity test, the throughput
+# benchmark, examples/python/load_in_pytorch.py). A no-op once done.
+#
+#   scripts/torch-python.sh                 set up, after `eval "$(scripts/libtorch-env.sh)"`
+#   scripts/torch-python.sh ARGS...         set up, then run that virtualenv's python with ARGS
+#                                           (it evaluates libtorch-env.sh itself when LIBTORCH is unset)
 #
 # The cpu flavour installs torch without its dependencies. Python then needs torch's pure-python
 # dependencies, and libtorch_python.so is linked against CUDA libraries that flavour leaves out
 # (cuDNN, cuBLAS, NCCL, …: 3 GB). Tiny stand-ins carrying the symbols and symbol versions torch
 # asks for let it load; on a machine without a GPU nothing calls them (each aborts if called).
-# Only python sees them, through LD_LIBRARY_PATH set by the test; the grokforge binary never does.
+# Only python sees them, through LD_LIBRARY_PATH (set by the test, or here for ARGS...); the
+# grokforge binary never does.
 set -euo pipefail
 
+if [[ -z "${LIBTORCH:-}" && $# -gt 0 ]]; then
+  eval "$("$(dirname "${BASH_SOURCE[0]}")/libtorch-env.sh")"
+fi
 [[ -n "${LIBTORCH:-}" ]] || { echo "torch-python: run eval \"\$(scripts/libtorch-env.sh)\" first" >&2; exit 2; }
 flavor="${GROKFORGE_LIBTORCH_FLAVOR:-}"
-[[ "$flavor" == cpu ]] || exit 0 # the cuda flavour has everything; a user's own LIBTORCH is theirs
-venv="$(cd "$LIBTORCH/../../../.." && pwd)"
-[[ -x "$venv/bin/pip" ]] || exit 0
+# $venv/lib/python3.X/site-packages/torch; for a LIBTORCH of the user's own, whatever is there.
+venv="$(cd "$LIBTORCH/../../../.." 2>/dev/null && pwd || true)"
+
+run() { # the virtualenv's python when there is one (else python3), with the stand-ins if built
+  local python=python3
+  [[ -x "$venv/bin/python" && -f "$venv/pyvenv.cfg" ]] && python="$venv/bin/python"
+  if [[ -f "$venv/grokforge-cuda-stubs/.ready" ]]; then
+    export LD_LIBRARY_PATH="$venv/grokforge-cuda-stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  exec "$python" "$@"
+}
+
+# The cuda flavour has everything; a user's own LIBTORCH is theirs.
+if [[ "$flavor" != cpu || ! -x "$venv/bin/pip" ]]; then
+  [[ $# -eq 0 ]] || run "$@"
+  exit 0
+fi
 
 stubs="$venv/grokforge-cuda-stubs"
-if [[ "$flavor" == cpu && ! -f "$stubs/.ready" ]]; then
+if [[ ! -f "$stubs/.ready" ]]; then
   echo "libtorch-env: making torch importable from python (pure-python deps, CUDA stand-ins)" >&2
   "$venv/bin/pip" install --quiet typing_extensions sympy networkx jinja2 fsspec filelock >&2
   site="$(echo "$venv"/lib/python3*/site-packages)"
@@ -52,3 +74,4 @@ if [[ "$flavor" == cpu && ! -f "$stubs/.ready" ]]; then
   done
   touch "$stubs/.ready"
 fi
+[[ $# -eq 0 ]] || run "$@"

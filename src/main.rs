@@ -48,6 +48,8 @@ enum Command {
     Jobs(jobs_cmd::JobsArgs),
     /// Datasets on a running node: upload, list, show, delete.
     Datasets(datasets_cmd::DatasetsArgs),
+    /// Print the HTTP API's OpenAPI 3.1 document (what a node serves at `GET /openapi.json`).
+    Openapi,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +76,10 @@ fn main() -> ExitCode {
         Command::Models(args) => models_cmd::run(args),
         Command::Jobs(args) => jobs_cmd::run(args),
         Command::Datasets(args) => datasets_cmd::run(args),
+        Command::Openapi => {
+            println!("{}", grokforge_gateway::openapi::json());
+            Ok(())
+        }
         Command::Serve(args) => load_settings(&args).and_then(|settings| {
             tokio::runtime::Runtime::new()
                 .context("cannot start the async runtime")?

@@ -1,35 +1,35 @@
 #!/usr/bin/env python3
-"""Train on a grokforge node from Python: start a `cognate` job, follow it live over the
-WebSocket, export the winning model, and — when PyTorch is importable — load its
-`model.safetensors` into the reference PyTorch model and ask it a few questions.
+"""Train on a grokforge node from Python: start a phase, follow it live over the WebSocket,
+wait for it to end, export the winning model, download and unpack the package, and draw the
+loss and accuracy curves to a PNG.
 
     make run                                      # a node on http://127.0.0.1:8080, data in ./data
     python3 examples/python/train_and_export.py --data-dir ./data --steps 2000
+    scripts/torch-python.sh examples/python/load_in_pytorch.py grokforge-export/<export id>
 
 The token is `--token`, else `$GROKFORGE_TOKEN`, else `<data-dir>/admin-token`. Any other
 training setting goes in as `--set NAME=VALUE` (VALUE as JSON: `--set lr=0.003`); the node's
-`GET /openapi.json` (`StartJobRequest`) lists them all.
+`GET /openapi.json` (`StartJobRequest`, or docs/API.md) lists them all. The curves need
+matplotlib (`pip install matplotlib`); without it the rest still runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
 import sys
 import time
 import zipfile
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 # Runs from a checkout without installing the client (`pip install clients/python` also works).
-sys.path.insert(0, str(REPO / "clients" / "python"))
+sys.path.insert(0, str(HERE.parents[1] / "clients" / "python"))
 
 from grokforge_client import Client, GrokforgeError  # noqa: E402
-
-REFERENCE_MODEL = REPO / "training-core" / "benches" / "reference_model.py"
+from plot_curves import Progress, draw_curves  # noqa: E402
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,12 +43,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--variants", type=int, default=3)
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--out", default="grokforge-export", help="directory for the package")
+    parser.add_argument("--plot", default=None, help="PNG of the curves (default: OUT/curves-JOB.png)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
     return parser.parse_args(argv)
 
 
-def settings_of(args: argparse.Namespace) -> dict:
-    settings = {"dataset": args.dataset, "steps": args.steps, "variants": args.variants}
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    settings: dict[str, Any] = {"dataset": args.dataset, "steps": args.steps, "variants": args.variants}
     for item in args.settings:
         name, _, value = item.partition("=")
         try:
@@ -58,14 +59,18 @@ def settings_of(args: argparse.Namespace) -> dict:
     return settings
 
 
-def follow(client: Client, job_id: str, timeout: float) -> None:
-    """Prints the job's progress, about once a second per variant, until it ends."""
+def follow(client: Client, job_id: str, timeout: float) -> list[Progress]:
+    """Prints the job's progress, about once a second per variant, until it ends; returns every
+    progress report. `watch` replays the job's log first, and reopens a dropped connection with
+    `since` = the last sequence number it saw, so each event arrives once."""
+    progress: list[Progress] = []
     printed: dict[int, float] = {}
     for frame in client.watch(job_id, deadline=time.monotonic() + timeout):
         kind, data = frame["type"], frame.get("data", {})
         if kind == "training_started":
             print(f"attempt {data.get('attempt')} started")
         elif kind == "training_progress":
+            progress.append(data)
             variant = data["variant"]
             last = data["step"] >= data["total_steps"]
             if last or time.monotonic() - printed.get(variant, 0.0) >= 1.0:
@@ -84,63 +89,22 @@ def follow(client: Client, job_id: str, timeout: float) -> None:
             print(f"completed: {len(data.get('model_ids', []))} models, winner {data.get('winner')}")
         elif kind == "training_cancelled":
             print(f"cancelled at step {data.get('step')}")
+    return progress
 
 
-def load_reference_model():
-    """The reference PyTorch model module, or None when torch is not importable."""
-    if importlib.util.find_spec("torch") is None:
-        return None
-    spec = importlib.util.spec_from_file_location("reference_model", REFERENCE_MODEL)
-    module = importlib.util.module_from_spec(spec)
+def plot(progress: list[Progress], path: pathlib.Path, title: str) -> None:
     try:
-        spec.loader.exec_module(module)
-    except ImportError as error:  # torch present but broken
-        print(f"PyTorch is installed but does not import ({error}); skipping the check")
-        return None
-    return module
-
-
-def answer(operation: str, a: int, b: int, p: int) -> int | None:
-    if operation == "add":
-        return (a + b) % p
-    if operation == "sub":
-        return (a - b) % p
-    if operation == "mul":
-        return (a * b) % p
-    if operation == "div":
-        return None if b == 0 else (a * pow(b, p - 2, p)) % p
-    if operation == "poly":
-        return (a * a + a * b + b * b) % p
-    return None
-
-
-def ask(reference, weights: pathlib.Path, dataset: str) -> None:
-    import torch
-
-    model = reference.load_safetensors(str(weights))
-    print(f"loaded {weights} into the reference PyTorch model: {model.config}")
-    if not dataset.startswith("mod-") or ":" not in dataset:
+        written = draw_curves(progress, path, title=title)
+    except ImportError:
+        print("matplotlib is not importable here (pip install matplotlib); no curves drawn")
         return
-    operation, p = dataset[4:].split(":")
-    p = int(p)
-    symbol = {"add": "+", "sub": "-", "mul": "*", "div": "/", "poly": "∘"}.get(operation, "?")
-    questions = [(a, b) for a, b in [(3, 5), (7, 11), (12, 1), (2, 9), (p - 1, p - 2)] if a < p and b < p and b > 0]
-    # `[a, op, b, =]`: token p is the operator, p + 1 the equals sign; the answer is read at
-    # the last position.
-    tokens = torch.tensor([[a, p, b, p + 1] for a, b in questions], dtype=torch.long)
-    with torch.no_grad():
-        predicted = model(tokens)[:, -1, :p].argmax(dim=-1).tolist()
-    right = 0
-    for (a, b), guess in zip(questions, predicted):
-        truth = answer(operation, a, b, p)
-        right += guess == truth
-        print(f"  {a} {symbol} {b} mod {p} = {guess}   (right answer: {truth})")
-    print(f"  {right} of {len(questions)} right")
+    print(f"curves: {written}")
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    client = Client(args.url, args.token, data_dir=None if args.token or os.environ.get("GROKFORGE_TOKEN") else args.data_dir)
+    token_from_file = args.token is None and not os.environ.get("GROKFORGE_TOKEN")
+    client = Client(args.url, args.token, data_dir=args.data_dir if token_from_file else None)
     try:
         job = client.start_phase(args.phase, **settings_of(args))
     except GrokforgeError as error:
@@ -148,7 +112,11 @@ def main(argv: list[str]) -> int:
         print(f"the node refused the job{where}: {error.detail}", file=sys.stderr)
         return 2
     print(f"queued job {job['id']} ({args.phase})")
-    follow(client, job["id"], args.timeout)
+    progress = follow(client, job["id"], args.timeout)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if progress:
+        plot(progress, pathlib.Path(args.plot or out / f"curves-{job['id']}.png"), f"{args.phase} job {job['id']}")
     record = client.job(job["id"])
     if record["status"] != "completed":
         print(f"job ended {record['status']}: {record.get('error')}", file=sys.stderr)
@@ -158,8 +126,6 @@ def main(argv: list[str]) -> int:
     winner = next((m for m in models if m["winner"]), models[0])
     print(f"winner: {winner['name']} v{winner['version']}  sha256 {winner['sha256']}")
     export = client.export([winner["id"]], format="all")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     package = client.download(export["id"], out)
     print(f"downloaded {package} ({package.stat().st_size} bytes)")
     unpacked = out / export["id"]
@@ -170,12 +136,7 @@ def main(argv: list[str]) -> int:
         print("the package has no model.safetensors", file=sys.stderr)
         return 1
     print(f"model.safetensors: {weights}")
-
-    reference = load_reference_model()
-    if reference is None:
-        print("torch is not importable here; skipping the PyTorch check")
-        return 0
-    ask(reference, weights, record["spec"].get("dataset") or args.dataset)
+    print(f"load it in PyTorch: scripts/torch-python.sh {HERE / 'load_in_pytorch.py'} {unpacked}")
     return 0
 
 

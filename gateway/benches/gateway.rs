@@ -35,6 +35,11 @@
 //! By default the clients run in the same process as the server (the HTTP load on a runtime of
 //! its own), so on a small machine they compete for the same cores: the numbers are a floor.
 
+// The gateway's route chain is one deeply nested warp filter type; in an optimised build the
+// bench's uses of it (the node's routes beside a bare route) go past the default limit of 128
+// while proving the futures `Unpin`.
+#![recursion_limit = "256"]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

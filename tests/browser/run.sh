@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Runs the dashboard's browser test (tests/browser) and the Python client's tests
-# (clients/python/tests) against a real node, installing what is missing first:
+# Runs the dashboard's browser test (tests/browser), the Python client's tests
+# (clients/python/tests) and the Python examples' (examples/python/tests) against a real node,
+# installing what is missing first:
 #   * Chromium from Debian (`apt-get install chromium`) when /usr/bin/chromium is absent
 #     (or $GROKFORGE_CHROMIUM names none); Playwright never downloads a browser;
-#   * pytest and Playwright for Python into a venv under
+#   * pytest, Playwright for Python and matplotlib (the examples' curves) into a venv under
 #     ${XDG_CACHE_HOME:-~/.cache}/grokforge/browser-venv, once.
+# The examples' PyTorch part runs in the LibTorch virtualenv (scripts/torch-python.sh); it skips
+# where torch does not import, unless GROKFORGE_REQUIRE_TORCH=1.
 # The node is $GROKFORGE_BIN (default: the CI build, ~/.cache/grokforge/ci-target/debug/grokforge).
 # Extra arguments go to pytest (`-k wrong_token`, `-x`); GROKFORGE_PYTEST_PATHS picks the suites
-# (default both: "tests/browser clients/python/tests"). Screenshots land in $GROKFORGE_TEST_ARTIFACTS
-# (default target/test-artifacts/).
+# (default all three: "tests/browser clients/python/tests examples/python/tests"). Screenshots
+# land in $GROKFORGE_TEST_ARTIFACTS (default target/test-artifacts/).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,10 +32,10 @@ if [ ! -x "$chromium" ]; then
 fi
 export GROKFORGE_CHROMIUM=$chromium
 
-if ! "$venv/bin/python" -c 'import pytest, playwright.sync_api' 2>/dev/null; then
-  echo "run.sh: installing pytest and playwright into $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check 'pytest>=8' 'playwright>=1.45'
+if ! "$venv/bin/python" -c 'import pytest, playwright.sync_api, matplotlib' 2>/dev/null; then
+  echo "run.sh: installing pytest, playwright and matplotlib into $venv" >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check 'pytest>=8' 'playwright>=1.45' 'matplotlib>=3.7'
 fi
 
 if [ ! -x "$GROKFORGE_BIN" ]; then
@@ -43,4 +46,4 @@ fi
 cd "$repo"
 # shellcheck disable=SC2086 # a list of paths
 exec "$venv/bin/python" -m pytest -p no:cacheprovider --rootdir "$repo" -q \
-  ${GROKFORGE_PYTEST_PATHS:-tests/browser clients/python/tests} "$@"
+  ${GROKFORGE_PYTEST_PATHS:-tests/browser clients/python/tests examples/python/tests} "$@"

@@ -15,7 +15,7 @@
 //! if that thread flushed then. In a trainer that operation is the weight initialisation, so
 //! [`Trainer::new`](crate::train::Trainer::new) and `resume` hold the guard as well as `run` and
 //! `evaluate`. (Holding it only in `run` left the second of two threads computing on subnormals,
-//! and the GrokFast-EMA overhead at 2 threads at 5–8 %; BENCHMARKS.md, session 5.) On other
+//! and the GrokFast-EMA overhead at 2 threads at 5–8 %; BENCHMARKS.md, "GrokFast-EMA overhead".) On other
 //! architectures the guard does nothing.
 
 /// While alive, the current thread (and threads it starts) flush subnormal floats to zero.
