@@ -195,6 +195,8 @@ pub struct Comparison {
     pub max_eval_diff: (f64, f64),
     /// Per evaluation: step, grokforge's and PyTorch's validation accuracy.
     pub val_accuracy: Vec<(u64, f64, f64)>,
+    /// Mean batch accuracy over the last [`TAIL_STEPS`] steps, grokforge's and PyTorch's.
+    pub final_train_accuracy: (f64, f64),
     /// Per control: max |Δ loss| to grokforge and ‖control − float64‖ / ‖float64‖.
     pub controls: Vec<(String, f64, Option<f64>)>,
     pub torch_seconds: f64,
@@ -202,6 +204,14 @@ pub struct Comparison {
 
 /// A relative loss difference above which two trajectories count as parted.
 pub const LOSS_PART: f64 = 1e-3;
+
+/// Steps over which the final training accuracy is averaged (an epoch of the paper's task).
+pub const TAIL_STEPS: usize = 10;
+
+fn tail_mean(values: &[f64]) -> f64 {
+    let tail = &values[values.len().saturating_sub(TAIL_STEPS)..];
+    tail.iter().sum::<f64>() / tail.len().max(1) as f64
+}
 
 fn floats(value: &Value) -> Vec<f64> {
     value
@@ -275,6 +285,10 @@ pub fn compare(run: &GrokforgeRun, report: &Value) -> Comparison {
         params_noise: f32_run["this_vs_float64"]["rel_l2"].as_f64(),
         max_eval_diff,
         val_accuracy,
+        final_train_accuracy: (
+            tail_mean(&run.accuracies),
+            tail_mean(&floats(&f32_run["accuracies"])),
+        ),
         controls,
         torch_seconds: f32_run["seconds"].as_f64().unwrap(),
     }
