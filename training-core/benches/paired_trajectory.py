@@ -22,7 +22,8 @@ trajectory, and grokforge is judged against that noise, not against an absolute 
 `tests/pytorch_trajectory.rs`).
 
 A case may also list `controls`: deliberate deviations run in float32 only (AdamW where grokforge
-used Adam, MA filtering from the first step, the warm-up one step late). Each must land far
+used Adam, MA filtering from the first step, the filter seeing Adam's L2 term, the warm-up one
+step late). Each must land far
 outside the noise, which shows the comparison can see such a difference.
 
     python paired_trajectory.py DIR [--dtypes float32,float64] [--threads N]
@@ -144,6 +145,8 @@ def run(case: dict, data: dict, folder: str, dtype: torch.dtype, control: dict |
     if "ma_warmup" in control:
         filt["warmup"] = control["ma_warmup"]
     warmup_shift = int(control.get("warmup_shift", 0))
+    # Adam's L2 term added to the gradient before the filter instead of inside the optimizer.
+    decay_before_filter = opt["weight_decay"] if control.get("filter_sees_weight_decay") else 0.0
 
     seq = data["seq_len"]
     train_x = torch.tensor(data["train_inputs"], dtype=torch.long).view(-1, seq)
@@ -157,7 +160,7 @@ def run(case: dict, data: dict, folder: str, dtype: torch.dtype, control: dict |
         lr=opt["lr"],
         betas=(opt["beta1"], opt["beta2"]),
         eps=opt["epsilon"],
-        weight_decay=opt["weight_decay"],
+        weight_decay=opt["weight_decay"] - decay_before_filter,
     )
     warmup = opt["warmup_steps"]
     if warmup > 0:
@@ -179,6 +182,10 @@ def run(case: dict, data: dict, folder: str, dtype: torch.dtype, control: dict |
 
         model.zero_grad()
         loss.backward()
+        if decay_before_filter:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.grad.add_(p, alpha=decay_before_filter)
         if filt["kind"] == "ma":
             grads = gradfilter_ma(
                 model, grads=grads, window_size=filt["window"], lamb=filt["lamb"], filter_type=filt["reduction"], warmup=filt["warmup"]

@@ -20,8 +20,9 @@
 //! Learning rates must agree exactly (to 1e-12) and validation accuracy to one example.
 //!
 //! The deliberate deviations ("controls": AdamW for Adam, MA filtering before its window is
-//! full, the warm-up one step late) must each land at least [`CONTROL_FACTOR`] times further
-//! from the float64 run than the tolerance allows, which shows the tolerance can see them.
+//! full, the filter applied to the gradient with Adam's L2 term already in it, the warm-up one
+//! step late) must each land at least [`CONTROL_FACTOR`] times further from the float64 run
+//! than the tolerance allows, which shows the tolerance can see them.
 //!
 //! Without an importable torch the test says so and passes, unless `GROKFORGE_REQUIRE_TORCH=1`,
 //! when it fails.
@@ -94,10 +95,13 @@ fn grokforge_and_pytorch_take_the_same_steps() {
         (
             "ma",
             spec(GrokFastKind::Ma, OptimizerKind::Adam),
-            vec![control(
-                "ma-before-window-full",
-                json!({"ma_warmup": false}),
-            )],
+            vec![
+                control("ma-before-window-full", json!({"ma_warmup": false})),
+                control(
+                    "filter-sees-weight-decay",
+                    json!({"filter_sees_weight_decay": true}),
+                ),
+            ],
         ),
         (
             "none-adamw",

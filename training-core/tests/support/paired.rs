@@ -25,7 +25,7 @@ use super::{TorchPython, bench_script};
 
 /// A deliberate deviation the PyTorch side runs as well (in float32), to show the comparison
 /// sees it: `change` is read by `paired_trajectory.py` (`optimizer_kind`, `ma_warmup`,
-/// `warmup_shift`).
+/// `filter_sees_weight_decay`, `warmup_shift`).
 #[derive(Debug, Clone)]
 pub struct Control {
     pub name: &'static str,
