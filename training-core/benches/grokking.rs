@@ -32,113 +32,23 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use grokforge_training_core::device::set_num_threads;
-use grokforge_training_core::grokfast::MaReduction;
-use grokforge_training_core::spec::VariedSetting;
 use grokforge_training_core::{
-    Dataset, GrokFastKind, OptimizerKind, Progress, RunControl, StopReason, TrainSpec, Trainer,
-    TrainingObserver, backend_description, parse_device,
+    Dataset, Progress, RunControl, StopReason, Trainer, TrainingObserver, backend_description,
+    parse_device,
 };
 use serde_json::json;
 
+use common::paper::Config;
 use common::{backend_impl, env_list, env_value, logical_cpus, median};
 
-const DATASET: &str = "mod-mul:97";
 /// The paper's claim for this bench: Grokfast-EMA groks within this wall time on two cores.
 const EMA_TARGET_SECONDS: f64 = 90.0;
 /// How often a long run reports where it is.
 const PROGRESS_EVERY_SECONDS: f64 = 15.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Config {
-    Baseline,
-    Ema,
-    Ma,
-    BaselineWd,
-}
-
-impl Config {
-    fn name(self) -> &'static str {
-        match self {
-            Config::Baseline => "baseline",
-            Config::Ema => "ema",
-            Config::Ma => "ma",
-            Config::BaselineWd => "baseline-wd",
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Config::Baseline => "no filter, wd 0",
-            Config::Ema => "EMA α 0.98 λ 2, wd 0.005",
-            Config::Ma => "MA w 100 λ 5, wd 0.01",
-            Config::BaselineWd => "no filter, wd 0.005",
-        }
-    }
-
-    fn is_grokfast(self) -> bool {
-        matches!(self, Config::Ema | Config::Ma)
-    }
-
-    /// The paper's settings for this configuration; every one is written out, so a change of
-    /// `TrainSpec`'s defaults cannot change what this bench measures.
-    fn spec(self, seed: u64, cap: u64, target: f64) -> TrainSpec {
-        let (grokfast, weight_decay, lamb) = match self {
-            Config::Baseline => (GrokFastKind::None, 0.0, None),
-            Config::Ema => (GrokFastKind::Ema, 0.005, Some(2.0)),
-            Config::Ma => (GrokFastKind::Ma, 0.01, Some(5.0)),
-            Config::BaselineWd => (GrokFastKind::None, 0.005, None),
-        };
-        TrainSpec {
-            dataset: Some(DATASET.into()),
-            train_fraction: Some(0.5),
-            batch_size: 512,
-            lr: 1e-3,
-            optimizer: OptimizerKind::Adam,
-            beta1: 0.9,
-            beta2: 0.98,
-            epsilon: 1e-8,
-            weight_decay: Some(weight_decay),
-            warmup_steps: 10,
-            grokfast,
-            alpha: 0.98,
-            lamb,
-            window: 100,
-            ma_warmup: true,
-            ma_reduction: MaReduction::Mean,
-            seed,
-            data_seed: None,
-            eval_every: 0,
-            stop_at_val_acc: Some(target),
-            steps: cap,
-            variants: 1,
-            vary: VariedSetting::None,
-            ..TrainSpec::default()
-        }
-    }
-}
-
-impl FromStr for Config {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        [
-            Config::Baseline,
-            Config::Ema,
-            Config::Ma,
-            Config::BaselineWd,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
-        .ok_or_else(|| {
-            format!("unknown config {name:?}; expected baseline, ema, ma or baseline-wd")
-        })
-    }
-}
 
 /// Everything the bench reads from the environment, read once.
 #[derive(Debug, Clone)]

@@ -7,6 +7,11 @@
 //! - **MA**: keep the last `window` gradients; once the window is full (or from the first step
 //!   when `warmup` is off) `g ← g + λ·avg`, where avg is their mean (or sum).
 //!
+//! Both are the reference's `gradfilter_ema` / `gradfilter_ma` (ironjr/grokfast) to float32
+//! rounding: `tests/pytorch_trajectory.rs` replays grokforge runs through that code in PyTorch.
+//! The filter sees the loss's gradient alone: Adam's L2 weight decay is added by the optimizer,
+//! after it, as `torch.optim.Adam(weight_decay=…)` does in the reference's `main.py`.
+//!
 //! [`GrokFast::filter`] is a [`ModuleVisitor`] over every float parameter of any burn module: it
 //! takes each parameter's gradient out of [`GradientsParams`] by [`ParamId`](burn::module::ParamId),
 //! filters it and registers it back. A parameter without a gradient is skipped. The filter state

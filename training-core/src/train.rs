@@ -211,6 +211,11 @@ pub struct Progress<'a> {
 pub trait TrainingObserver {
     /// After every step.
     fn on_progress(&mut self, _progress: &Progress<'_>) {}
+    /// Before step `step` (1-based) computes anything: the training rows its batch holds, as
+    /// indices into [`Dataset::train`], in batch order. With the initial weights and the dataset
+    /// this is everything another implementation needs to take the same steps
+    /// (`tests/pytorch_trajectory.rs` replays them in PyTorch).
+    fn on_batch(&mut self, _variant: usize, _step: u64, _rows: &[u32]) {}
     /// After a checkpoint was written.
     fn on_checkpoint(&mut self, _variant: usize, _step: u64, _path: &Path) {}
 }
@@ -415,7 +420,7 @@ impl Trainer {
                     final_eval: self.history.last().cloned(),
                 });
             }
-            let (loss, accuracy, lr) = self.train_step(control.continue_on_divergence)?;
+            let (loss, accuracy, lr) = self.train_step(control.continue_on_divergence, observer)?;
 
             let due = if self.config.eval_every == 0 {
                 self.order.epoch_finished()
@@ -493,8 +498,13 @@ impl Trainer {
 
     /// One optimizer step; returns the step's loss, accuracy and learning rate. A loss that is
     /// not finite stops the run before it reaches the weights, unless `continue_on_divergence`.
-    fn train_step(&mut self, continue_on_divergence: bool) -> Result<(f64, f64, f64)> {
+    fn train_step(
+        &mut self,
+        continue_on_divergence: bool,
+        observer: &mut dyn TrainingObserver,
+    ) -> Result<(f64, f64, f64)> {
         let rows = self.order.next_batch();
+        observer.on_batch(self.config.variant, self.step + 1, &rows);
         let batch = self.dataset.train_batch(&rows, &self.device);
         let lr = self.config.optimizer.lr_at(self.step);
         let model = self

@@ -4,11 +4,12 @@
 //! The model comes from a real `cognate` run (a few steps, so layer norms and biases are no
 //! longer at their initial 1s and 0s and a misnamed or mis-oriented tensor shows), through
 //! `save_variant`'s `model.safetensors`. Python is the LibTorch virtualenv's
-//! (`scripts/libtorch-env.sh`); `GROKFORGE_TORCH_PYTHON` overrides it. Without an importable torch
-//! the test says so and passes, unless `GROKFORGE_REQUIRE_TORCH=1`, when it fails.
+//! (`scripts/libtorch-env.sh`, found by `tests/support`); `GROKFORGE_TORCH_PYTHON` overrides it.
+//! Without an importable torch the test says so and passes, unless `GROKFORGE_REQUIRE_TORCH=1`,
+//! when it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -18,68 +19,15 @@ use grokforge_training_core::{
     NoopObserver, PhaseContext, TrainSpec, load_model, parse_device, recipe_for,
 };
 
+use support::{bench_script, torch_or_skip};
+
 const TOLERANCE: f32 = 1e-5;
-
-/// The venv's python and, when the venv has them, the CUDA stand-in libraries that let the
-/// cpu flavour's `import torch` load.
-fn torch_python() -> Option<(PathBuf, Option<PathBuf>)> {
-    if let Ok(python) = std::env::var("GROKFORGE_TORCH_PYTHON") {
-        return Some((PathBuf::from(python), None));
-    }
-    let libtorch = std::env::var("LIBTORCH")
-        .ok()
-        .or_else(|| option_env!("LIBTORCH").map(str::to_string))?;
-    // $venv/lib/python3.X/site-packages/torch
-    let venv = Path::new(&libtorch).ancestors().nth(4)?.to_path_buf();
-    let python = venv.join("bin/python");
-    let stubs = venv.join("grokforge-cuda-stubs");
-    python
-        .exists()
-        .then(|| (python, stubs.is_dir().then_some(stubs)))
-}
-
-fn python_command(python: &Path, stubs: &Option<PathBuf>) -> Command {
-    let mut command = Command::new(python);
-    if let Some(stubs) = stubs {
-        let mut path = stubs.display().to_string();
-        if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
-            path = format!("{path}:{old}");
-        }
-        command.env("LD_LIBRARY_PATH", path);
-    }
-    command
-}
-
-/// Says why the test cannot run here (the caller then returns), or fails when torch is required.
-fn skip_or_fail(reason: String) {
-    if std::env::var("GROKFORGE_REQUIRE_TORCH").as_deref() == Ok("1") {
-        panic!("{reason}");
-    }
-    eprintln!("skipping the PyTorch export check: {reason}");
-}
 
 #[test]
 fn exported_safetensors_give_the_same_logits_in_pytorch() {
-    let Some((python, stubs)) = torch_python() else {
-        skip_or_fail("no LibTorch virtualenv python (LIBTORCH unset?)".into());
+    let Some(python) = torch_or_skip("the PyTorch export check") else {
         return;
     };
-    let probe = python_command(&python, &stubs)
-        .args(["-c", "import torch"])
-        .output();
-    match probe {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let last = stderr.lines().last().unwrap_or("").to_string();
-            skip_or_fail(format!("{} cannot import torch: {last}", python.display()));
-            return;
-        }
-        Err(e) => {
-            skip_or_fail(format!("cannot run {}: {e}", python.display()));
-            return;
-        }
-    }
 
     // A few training steps through the cognate recipe, which writes model.safetensors.
     let device = parse_device("cpu").unwrap();
@@ -141,9 +89,9 @@ fn exported_safetensors_give_the_same_logits_in_pytorch() {
         .try_into_vec_as::<f32>()
         .unwrap();
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference_model.py");
-    let run = python_command(&python, &stubs)
-        .arg(&script)
+    let run = python
+        .command()
+        .arg(bench_script("reference_model.py"))
         .arg("logits")
         .arg(&weights)
         .arg(serde_json::to_string(&rows).unwrap())

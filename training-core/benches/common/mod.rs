@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each bench binary uses its own part of this module
 
+pub mod paper;
+
 use std::str::FromStr;
 
 /// Which backend this build of the bench measures.
