@@ -92,8 +92,8 @@ pub struct UploadQuery {
 /// `"dataset": "ds:<id>"` (or `"tokenizer_dataset": "ds:<id>"`).
 #[utoipa::path(
     post,
-    path = "/datasets",
-    operation_id = "upload_dataset",
+    path = crate::routes::UPLOAD_DATASET.path,
+    operation_id = crate::routes::UPLOAD_DATASET.operation_id,
     tag = "datasets",
     params(UploadQuery),
     request_body(content = String, content_type = "application/octet-stream",
@@ -206,8 +206,8 @@ pub struct ListQuery {
 /// Uploaded datasets, oldest first and paged, and the built-in algorithmic tasks.
 #[utoipa::path(
     get,
-    path = "/datasets",
-    operation_id = "list_datasets",
+    path = crate::routes::LIST_DATASETS.path,
+    operation_id = crate::routes::LIST_DATASETS.operation_id,
     tag = "datasets",
     params(ListQuery),
     responses(
@@ -243,8 +243,8 @@ fn decode(id: &str) -> String {
 /// jobs that read it.
 #[utoipa::path(
     get,
-    path = "/datasets/{id}",
-    operation_id = "get_dataset",
+    path = crate::routes::GET_DATASET.path,
+    operation_id = crate::routes::GET_DATASET.operation_id,
     tag = "datasets",
     params(("id" = String, Path, description = "`ds:<id>` or the bare id.")),
     responses(
@@ -269,8 +269,8 @@ pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp:
 /// interrupted job reads it.
 #[utoipa::path(
     delete,
-    path = "/datasets/{id}",
-    operation_id = "delete_dataset",
+    path = crate::routes::DELETE_DATASET.path,
+    operation_id = crate::routes::DELETE_DATASET.operation_id,
     tag = "datasets",
     params(("id" = String, Path, description = "`ds:<id>` or the bare id.")),
     responses(

@@ -85,8 +85,8 @@ fn default_alert_limit() -> usize {
 /// admin WebSocket clients on `admin_alerts` and to the configured webhooks.
 #[utoipa::path(
     get,
-    path = "/alerts",
-    operation_id = "list_alerts",
+    path = crate::routes::LIST_ALERTS.path,
+    operation_id = crate::routes::LIST_ALERTS.operation_id,
     tag = "node",
     params(AlertsQuery),
     responses(
@@ -138,8 +138,8 @@ pub async fn alerts(
 /// unhealthy.
 #[utoipa::path(
     get,
-    path = "/health",
-    operation_id = "health",
+    path = crate::routes::HEALTH.path,
+    operation_id = crate::routes::HEALTH.operation_id,
     tag = "node",
     params(HealthQuery),
     responses(
@@ -186,8 +186,8 @@ struct Readiness {
 /// model) and the database are not unhealthy.
 #[utoipa::path(
     get,
-    path = "/ready",
-    operation_id = "ready",
+    path = crate::routes::READY.path,
+    operation_id = crate::routes::READY.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "Ready.", body = Readiness),
@@ -245,8 +245,8 @@ pub fn metrics(state: Arc<GatewayState>) -> Response {
 /// The live nodes of the cluster
 #[utoipa::path(
     get,
-    path = "/cluster/nodes",
-    operation_id = "cluster_nodes",
+    path = crate::routes::CLUSTER_NODES.path,
+    operation_id = crate::routes::CLUSTER_NODES.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "Every live node, this one included.", body = [NodeInfo]),

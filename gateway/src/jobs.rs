@@ -75,8 +75,8 @@ async fn call<R: Send + 'static>(
 /// optional, plus the queue priority. An empty body queues the defaults.
 #[utoipa::path(
     post,
-    path = "/phases/{phase}/start",
-    operation_id = "start_phase",
+    path = crate::routes::START_PHASE.path,
+    operation_id = crate::routes::START_PHASE.operation_id,
     tag = "jobs",
     params(("phase" = Phase, Path, description = "The phase to run.")),
     // A free-form ref, because utoipa marks any typed body required (or, for an `Option`,
@@ -161,8 +161,8 @@ pub async fn start(
 /// Every phase of the pipeline in order, and whether it has a recipe (can be started).
 #[utoipa::path(
     get,
-    path = "/phases",
-    operation_id = "list_phases",
+    path = crate::routes::LIST_PHASES.path,
+    operation_id = crate::routes::LIST_PHASES.operation_id,
     tag = "jobs",
     responses((status = 200, description = "The phases in pipeline order.", body = [PhaseEntry])),
 )]
@@ -178,8 +178,8 @@ pub async fn phases(_state: Arc<GatewayState>) -> Result<Response, warp::Rejecti
 /// A phase's jobs and models at a glance
 #[utoipa::path(
     get,
-    path = "/phases/{phase}/status",
-    operation_id = "phase_status",
+    path = crate::routes::PHASE_STATUS.path,
+    operation_id = crate::routes::PHASE_STATUS.operation_id,
     tag = "jobs",
     params(("phase" = Phase, Path, description = "The phase.")),
     responses(
@@ -228,8 +228,8 @@ pub struct JobQuery {
 /// Newest first, optionally filtered by phase and status.
 #[utoipa::path(
     get,
-    path = "/jobs",
-    operation_id = "list_jobs",
+    path = crate::routes::LIST_JOBS.path,
+    operation_id = crate::routes::LIST_JOBS.operation_id,
     tag = "jobs",
     params(JobQuery),
     responses(
@@ -284,8 +284,8 @@ pub async fn list(query: JobQuery, state: Arc<GatewayState>) -> Result<Response,
 /// One job
 #[utoipa::path(
     get,
-    path = "/jobs/{id}",
-    operation_id = "get_job",
+    path = crate::routes::GET_JOB.path,
+    operation_id = crate::routes::GET_JOB.operation_id,
     tag = "jobs",
     params(("id" = Uuid, Path, description = "The job id.")),
     responses(
@@ -312,8 +312,8 @@ pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp:
 /// writes a checkpoint. Cancelling a finished job changes nothing and answers its record.
 #[utoipa::path(
     post,
-    path = "/jobs/{id}/cancel",
-    operation_id = "cancel_job",
+    path = crate::routes::CANCEL_JOB.path,
+    operation_id = crate::routes::CANCEL_JOB.operation_id,
     tag = "jobs",
     params(("id" = Uuid, Path, description = "The job id.")),
     responses(
@@ -348,8 +348,8 @@ pub struct EventsQuery {
 /// The job's event log after `since`, as the envelopes that were published, in sequence order.
 #[utoipa::path(
     get,
-    path = "/jobs/{id}/events",
-    operation_id = "job_events",
+    path = crate::routes::JOB_EVENTS.path,
+    operation_id = crate::routes::JOB_EVENTS.operation_id,
     tag = "jobs",
     params(("id" = Uuid, Path, description = "The job id."), EventsQuery),
     responses(

@@ -64,8 +64,8 @@ pub struct ModelQuery {
 /// Models in the registry, oldest first, optionally filtered.
 #[utoipa::path(
     get,
-    path = "/models",
-    operation_id = "list_models",
+    path = crate::routes::LIST_MODELS.path,
+    operation_id = crate::routes::LIST_MODELS.operation_id,
     tag = "models",
     params(ModelQuery),
     responses(
@@ -165,8 +165,8 @@ impl ListBodies {
 /// One model
 #[utoipa::path(
     get,
-    path = "/models/{id}",
-    operation_id = "get_model",
+    path = crate::routes::GET_MODEL.path,
+    operation_id = crate::routes::GET_MODEL.operation_id,
     tag = "models",
     params(("id" = Uuid, Path, description = "The model id.")),
     responses(
@@ -193,8 +193,8 @@ pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp:
 /// Removes the model's record, then its files.
 #[utoipa::path(
     delete,
-    path = "/models/{id}",
-    operation_id = "delete_model",
+    path = crate::routes::DELETE_MODEL.path,
+    operation_id = crate::routes::DELETE_MODEL.operation_id,
     tag = "models",
     params(("id" = Uuid, Path, description = "The model id.")),
     responses(
@@ -236,8 +236,8 @@ pub struct ExportRequest {
 /// checksum) under the artifacts directory; download it with `GET /exports/{id}`.
 #[utoipa::path(
     post,
-    path = "/models/export",
-    operation_id = "export_models",
+    path = crate::routes::EXPORT_MODELS.path,
+    operation_id = crate::routes::EXPORT_MODELS.operation_id,
     tag = "models",
     request_body = ExportRequest,
     responses(
@@ -306,8 +306,8 @@ pub async fn export(
 /// Downloads an export: the zip archive, or the manifest of a directory export.
 #[utoipa::path(
     get,
-    path = "/exports/{id}",
-    operation_id = "download_export",
+    path = crate::routes::DOWNLOAD_EXPORT.path,
+    operation_id = crate::routes::DOWNLOAD_EXPORT.operation_id,
     tag = "models",
     params(("id" = Uuid, Path, description = "The export id (`id` of the export record).")),
     responses(

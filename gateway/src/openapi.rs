@@ -7,15 +7,17 @@
 //! schema with `phase` taken out and `priority` put in), the entries of `GET /phases`, and the
 //! routes whose handlers live elsewhere (`GET /metrics`, `GET /ws`, `GET /openapi.json`).
 //!
-//! Authentication is applied in one place, [`BearerAuth`], rather than on each handler, so a
-//! new route cannot be documented as open by forgetting an attribute: every operation needs a
-//! bearer token except those on [`PUBLIC_PATHS`], and the roles it accepts follow from its
-//! method (GET: `read` and up; anything else: `user` and up).
+//! Each operation's path and id come from its route in the route table (`crate::routes`): the
+//! handlers' attributes name it, and the tests below check that the document holds exactly the
+//! table's documented routes. Authentication is applied in one place, [`BearerAuth`], from each
+//! route's declared [`Access`], rather than on each handler, so a route cannot be documented as
+//! open by forgetting an attribute.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use grokforge_actors::training_core::{PATH_FIELDS, Phase, TrainSpec};
+use grokforge_config::Role;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -26,12 +28,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::problem::Problem;
-
-/// Routes anyone may call: load balancers and orchestrators probe them without a token.
-pub const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
-
-/// Routes that also take the token as `?token=`: browsers cannot set headers on a WebSocket.
-pub const QUERY_TOKEN_PATHS: [&str; 1] = ["/ws"];
+use crate::routes::{self, Access};
 
 /// Names of the security schemes in `components.securitySchemes`.
 const BEARER_SCHEME: &str = "bearer";
@@ -109,7 +106,7 @@ pub fn json() -> &'static str {
 struct ApiDoc;
 
 /// Declares the bearer scheme and applies it, with its 401 and 403 answers, to every operation
-/// outside [`PUBLIC_PATHS`].
+/// whose route asks for a token, listing the roles that may call it.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -172,22 +169,22 @@ impl Modify for BearerAuth {
         );
 
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if PUBLIC_PATHS.contains(&path.as_str()) {
-                continue;
-            }
-            let query_token = QUERY_TOKEN_PATHS.contains(&path.as_str());
             for (method, operation) in operations_mut(item) {
-                let roles: &[&str] = if method == HttpMethod::Get {
-                    &["read", "user", "admin"]
-                } else {
-                    &["user", "admin"]
+                let route = routes::ALL.iter().find(|route| {
+                    route.path == path && http_method(&route.method).as_ref() == Some(&method)
+                });
+                // An operation without a route fails the tests below; it is left as it is.
+                let Some(route) = route else { continue };
+                let Some(least) = route.access.role() else {
+                    continue;
                 };
+                let roles = roles_from(least);
                 // Alternatives: any one requirement of the list satisfies the operation.
                 let mut security = vec![SecurityRequirement::new(
                     BEARER_SCHEME,
                     roles.iter().copied(),
                 )];
-                if query_token {
+                if matches!(route.access, Access::TokenOrQuery(_)) {
                     security.push(SecurityRequirement::new(
                         QUERY_TOKEN_SCHEME,
                         roles.iter().copied(),
@@ -206,6 +203,30 @@ impl Modify for BearerAuth {
             }
         }
     }
+}
+
+/// The roles that may do what needs `least`, lowest first.
+fn roles_from(least: Role) -> &'static [&'static str] {
+    match least {
+        Role::Read => &["read", "user", "admin"],
+        Role::User => &["user", "admin"],
+        Role::Admin => &["admin"],
+    }
+}
+
+fn http_method(method: &warp::http::Method) -> Option<HttpMethod> {
+    use warp::http::Method;
+    Some(match *method {
+        Method::GET => HttpMethod::Get,
+        Method::PUT => HttpMethod::Put,
+        Method::POST => HttpMethod::Post,
+        Method::DELETE => HttpMethod::Delete,
+        Method::OPTIONS => HttpMethod::Options,
+        Method::HEAD => HttpMethod::Head,
+        Method::PATCH => HttpMethod::Patch,
+        Method::TRACE => HttpMethod::Trace,
+        _ => return None,
+    })
 }
 
 /// The operations of a path, with their methods.
@@ -301,8 +322,8 @@ pub(crate) struct PhaseEntry {
 /// scraper on a trusted network).
 #[utoipa::path(
     get,
-    path = "/metrics",
-    operation_id = "metrics",
+    path = crate::routes::METRICS.path,
+    operation_id = crate::routes::METRICS.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4.", body = String,
@@ -337,8 +358,8 @@ fn metrics() {}
 /// limited; a client too slow to keep up is dropped from the topic with a reason.
 #[utoipa::path(
     get,
-    path = "/ws",
-    operation_id = "websocket",
+    path = crate::routes::WEBSOCKET.path,
+    operation_id = crate::routes::WEBSOCKET.operation_id,
     tag = "events",
     responses(
         (status = 101, description = "Switching Protocols: the connection is now a WebSocket."),
@@ -364,8 +385,8 @@ fn websocket() {}
 /// The OpenAPI 3.1 description of the gateway.
 #[utoipa::path(
     get,
-    path = "/openapi.json",
-    operation_id = "openapi",
+    path = crate::routes::OPENAPI.path,
+    operation_id = crate::routes::OPENAPI.operation_id,
     tag = "meta",
     responses((status = 200, description = "The OpenAPI document.", content(("application/json")))),
 )]
@@ -411,51 +432,34 @@ mod tests {
     }
 
     #[test]
-    fn it_lists_exactly_the_routes_of_the_gateway() {
-        let expected: BTreeSet<(&str, &str)> = [
-            ("post", "/phases/{phase}/start"),
-            ("get", "/phases"),
-            ("get", "/phases/{phase}/status"),
-            ("get", "/jobs"),
-            ("get", "/jobs/{id}"),
-            ("post", "/jobs/{id}/cancel"),
-            ("get", "/jobs/{id}/events"),
-            ("get", "/models"),
-            ("get", "/models/{id}"),
-            ("delete", "/models/{id}"),
-            ("post", "/models/export"),
-            ("get", "/exports/{id}"),
-            ("post", "/datasets"),
-            ("get", "/datasets"),
-            ("get", "/datasets/{id}"),
-            ("delete", "/datasets/{id}"),
-            ("get", "/health"),
-            ("get", "/ready"),
-            ("get", "/metrics"),
-            ("get", "/cluster/nodes"),
-            ("get", "/alerts"),
-            ("get", "/ws"),
-            ("get", "/openapi.json"),
-        ]
-        .into_iter()
-        .collect();
+    fn it_lists_exactly_the_documented_routes_of_the_table() {
+        let expected: BTreeSet<(String, &str, &str)> = routes::ALL
+            .iter()
+            .filter(|route| route.documented)
+            .map(|route| {
+                (
+                    route.method.as_str().to_lowercase(),
+                    route.path,
+                    route.operation_id,
+                )
+            })
+            .collect();
         let doc = doc();
         let found = operations(&doc);
-        let actual: BTreeSet<(&str, &str)> = found
+        let actual: BTreeSet<(String, &str, &str)> = found
             .iter()
-            .map(|(method, path, _)| (method.as_str(), path.as_str()))
+            .map(|(method, path, op)| {
+                (
+                    method.clone(),
+                    path.as_str(),
+                    op["operationId"].as_str().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(actual, expected);
         assert_eq!(found.len(), expected.len());
 
-        // Operation ids are unique (two handlers are called `list`, two `get`).
-        let ids: BTreeSet<&str> = found
-            .iter()
-            .map(|(_, _, op)| op["operationId"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids.len(), found.len(), "{ids:?}");
-
-        // Every path parameter is declared, with the name warp's route captures.
+        // Every path parameter is declared, with the name of the template.
         for (method, path, op) in &found {
             let declared: BTreeSet<&str> = op["parameters"]
                 .as_array()
@@ -473,7 +477,7 @@ mod tests {
     }
 
     #[test]
-    fn every_route_but_health_and_ready_needs_a_bearer_token() {
+    fn every_route_that_asks_for_a_token_is_documented_with_its_roles() {
         let doc = doc();
         let scheme = &doc["components"]["securitySchemes"][BEARER_SCHEME];
         assert_eq!(scheme["type"], "http");
@@ -490,19 +494,19 @@ mod tests {
         );
 
         for (method, path, op) in operations(&doc) {
-            if PUBLIC_PATHS.contains(&path.as_str()) {
+            let route = routes::ALL
+                .iter()
+                .find(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(&method))
+                .unwrap();
+            let Some(least) = route.access.role() else {
                 assert!(op.get("security").is_none(), "{method} {path} is public");
                 assert!(op["responses"].get("401").is_none(), "{method} {path}");
                 continue;
-            }
-            let security = op["security"].as_array().unwrap();
-            let expected_roles: &[&str] = if method == "get" {
-                &["read", "user", "admin"]
-            } else {
-                &["user", "admin"]
             };
+            let security = op["security"].as_array().unwrap();
+            let expected_roles = roles_from(least);
             let mut schemes = vec![BEARER_SCHEME];
-            if path == "/ws" {
+            if matches!(route.access, Access::TokenOrQuery(_)) {
                 schemes.push(QUERY_TOKEN_SCHEME);
             }
             assert_eq!(
@@ -530,6 +534,10 @@ mod tests {
                 );
             }
         }
+        // The routes the node's probes and the WebSocket rely on.
+        assert_eq!(routes::HEALTH.access, Access::Public);
+        assert_eq!(routes::READY.access, Access::Public);
+        assert_eq!(routes::WEBSOCKET.access, Access::TokenOrQuery(Role::Read));
     }
 
     #[test]

@@ -112,22 +112,29 @@ pub struct Rejected(pub Problem);
 impl warp::reject::Reject for Rejected {}
 
 /// Turns warp's rejections into problem details; nothing leaves the gateway as a bare 404/500.
+/// (A request for no route never gets here: `routes::no_route` answers it, with `Allow` on a
+/// 405.)
 pub async fn recover(rejection: warp::Rejection) -> Result<Problem, Infallible> {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MissingHeader, PayloadTooLarge,
+        UnsupportedMediaType,
+    };
     let problem = if let Some(Rejected(problem)) = rejection.find::<Rejected>() {
         problem.clone()
     } else if rejection.is_not_found() {
         Problem::new(StatusCode::NOT_FOUND, "no such route")
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        // Before MethodNotAllowed: a route whose method matched refused the query, while
-        // another route on the same path (`GET` beside `POST /datasets`) refused the method.
+    } else if let Some(e) = rejection.find::<InvalidQuery>() {
         Problem::new(StatusCode::BAD_REQUEST, e.to_string())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this route",
-        )
-    } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        Problem::new(StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = rejection.find::<MissingHeader>() {
+        Problem::new(StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = rejection.find::<LengthRequired>() {
+        Problem::new(StatusCode::LENGTH_REQUIRED, e.to_string())
+    } else if let Some(e) = rejection.find::<PayloadTooLarge>() {
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+    } else if let Some(e) = rejection.find::<UnsupportedMediaType>() {
+        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
