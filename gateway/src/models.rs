@@ -27,6 +27,16 @@ fn storage_problem(error: StorageError) -> Problem {
         StorageError::ModelNotFound { .. } | StorageError::ExportNotFound { .. } => {
             StatusCode::NOT_FOUND
         }
+        // A stored file that fails its checksum stays that way: a 503 would tell clients to
+        // retry something that cannot succeed, and a 500 reads as a bug that retrying may get
+        // past. 409: the model's state (its file is missing or altered) conflicts with the
+        // request until someone acts on the model (deletes it, or restores the file).
+        StorageError::ArtifactCorrupt { model_id, file, .. } => {
+            tracing::error!(%error, "a stored model failed verification");
+            return Problem::new(StatusCode::CONFLICT, error.to_string())
+                .with("model_id", model_id.to_string())
+                .with("file", file.clone());
+        }
         e if e.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => {
             tracing::error!(%error, "registry error");
@@ -244,6 +254,10 @@ pub struct ExportRequest {
         (status = 202, description = "Packaged; the export record (its `id` is the download id).",
             body = ExportRecord),
         (status = 404, description = "Some of the models do not exist; every missing id is named.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A model's stored file is missing or fails its checksum \
+            (`model_id` and `file` name it): retrying will not help until the model is deleted \
+            or its file restored.",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the gateway's limit.",
             body = Problem, content_type = "application/problem+json"),
