@@ -14,7 +14,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
-use crate::problem::Problem;
+use crate::problem::{MAX_INT64, Problem, in_range};
 
 async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
     state
@@ -67,7 +67,7 @@ pub struct AlertsQuery {
     pub state: AlertState,
     /// How many to skip, newest first.
     #[serde(default)]
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub offset: usize,
     /// How many at most (1–1000, default 100).
     #[serde(default = "default_alert_limit")]
@@ -91,6 +91,8 @@ fn default_alert_limit() -> usize {
     params(AlertsQuery),
     responses(
         (status = 200, description = "The alerts, newest first.", body = [Alert]),
+        (status = 400, description = "An unknown or malformed query parameter.", body = Problem,
+            content_type = "application/problem+json"),
         (status = 422, description = "A query parameter is out of range.", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The monitoring service is unavailable (no answer in \
@@ -103,13 +105,10 @@ pub async fn alerts(
     query: AlertsQuery,
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
-    if !(1..=1000).contains(&query.limit) {
-        return Ok(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("`limit` must be 1 to 1000, found {}", query.limit),
-        )
-        .with("field", "limit")
-        .into_response());
+    let checked = in_range("limit", query.limit, 1..=1000)
+        .and_then(|_| in_range("offset", query.offset as u64, 0..=MAX_INT64));
+    if let Err(problem) = checked {
+        return Ok(problem.into_response());
     }
     let alerts = state
         .directory
@@ -144,6 +143,8 @@ pub async fn alerts(
     params(HealthQuery),
     responses(
         (status = 200, description = "Healthy or degraded.", body = HealthReport),
+        (status = 400, description = "A malformed query parameter (`fresh` is `true` or \
+            `false`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Unhealthy (the report says why), or the checks could not \
             be run (a problem).",
             content(

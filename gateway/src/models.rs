@@ -230,6 +230,7 @@ pub async fn delete(id: String, state: Arc<GatewayState>) -> Result<Response, wa
 #[serde(deny_unknown_fields)]
 pub struct ExportRequest {
     /// The models to package; at least one.
+    #[schema(min_items = 1)]
     model_ids: Vec<Uuid>,
     /// `all` (default), `primary` or `safetensors`.
     #[serde(default)]

@@ -27,6 +27,7 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
+use crate::jobs::{Edge, Range, START_LIMITS};
 use crate::problem::Problem;
 use crate::routes::{self, Access};
 
@@ -282,14 +283,64 @@ impl PartialSchema for StartJobRequest {
                     .description(Some("Queue priority; a higher one runs first."))
                     .into(),
             );
+            for &(field, range) in START_LIMITS {
+                if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) {
+                    bound(property, range);
+                }
+            }
+            for (field, pattern) in [
+                (
+                    "dataset",
+                    format!("^(?:{TASK_PATTERN}|{UPLOADED_PATTERN})$"),
+                ),
+                ("tokenizer_dataset", format!("^{UPLOADED_PATTERN}$")),
+            ] {
+                if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) {
+                    property.pattern = Some(pattern);
+                }
+            }
             object.description = Some(
                 "Training settings: the flags of `grokforge train` as fields (`--batch-size` is \
                  `batch_size`), each optional with the default shown, plus the queue priority. \
-                 Unknown fields are refused."
+                 Unknown fields are refused, and so are numbers out of the ranges stated here. \
+                 Rules the schema cannot state are checked too (a 422 names the field): an \
+                 uploaded dataset must exist and be of the right kind, `tokenizer_dataset` needs \
+                 an uploaded `dataset`, a division task needs a prime modulus, and the heads \
+                 must divide the model width."
                     .to_string(),
             );
         }
         schema
+    }
+}
+
+/// A built-in algorithmic task as `dataset` names it: `mod-OP:P` with P from 2 to 4096.
+const TASK_PATTERN: &str =
+    "mod-(?:add|sub|mul|div|poly):(?:[2-9]|[1-9][0-9]{1,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])";
+
+/// An uploaded dataset as a spec names it: `ds:` and its id.
+const UPLOADED_PATTERN: &str = "ds:[0-9a-fA-F-]{1,64}";
+
+/// Writes `range` into a property's schema.
+fn bound(property: &mut utoipa::openapi::schema::Object, range: Range) {
+    use utoipa::Number;
+    match range {
+        Range::Integer { min, max } => {
+            property.minimum = Some(Number::Int(min as isize));
+            property.maximum = Some(Number::Int(max as isize));
+        }
+        Range::Number { min, max } => {
+            match min {
+                Some(Edge::Inclusive(m)) => property.minimum = Some(Number::Float(m)),
+                Some(Edge::Exclusive(m)) => property.exclusive_minimum = Some(Number::Float(m)),
+                None => {}
+            }
+            match max {
+                Some(Edge::Inclusive(m)) => property.maximum = Some(Number::Float(m)),
+                Some(Edge::Exclusive(m)) => property.exclusive_maximum = Some(Number::Float(m)),
+                None => {}
+            }
+        }
     }
 }
 
@@ -361,9 +412,21 @@ fn metrics() {}
     path = crate::routes::WEBSOCKET.path,
     operation_id = crate::routes::WEBSOCKET.operation_id,
     tag = "events",
+    // The handshake of RFC 6455, which the server checks (a 426 or 400 otherwise).
+    params(
+        ("Connection" = String, Header, description = "`Upgrade`.",
+            pattern = "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$"),
+        ("Upgrade" = String, Header, description = "`websocket`.",
+            pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`.", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header,
+            description = "16 random bytes in base64 (RFC 6455 §4.1).",
+            pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$"),
+    ),
     responses(
         (status = 101, description = "Switching Protocols: the connection is now a WebSocket."),
-        (status = 400, description = "An upgrade request without a Sec-WebSocket-Key.",
+        (status = 400, description = "An upgrade request without a valid Sec-WebSocket-Key \
+            (16 bytes in base64).",
             body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket upgrade, or not version 13: the `Upgrade` \
             or `Sec-WebSocket-Version` header says what to send.",
@@ -581,6 +644,80 @@ mod tests {
         // The filter is the enum the handler accepts.
         let grokfast = &doc["components"]["schemas"]["GrokFastKind"];
         assert_eq!(grokfast["enum"], serde_json::json!(["none", "ema", "ma"]));
+    }
+
+    #[test]
+    fn the_document_states_the_bounds_the_server_enforces() {
+        let doc = doc();
+        let start = &doc["components"]["schemas"]["StartJobRequest"]["properties"];
+        // Every whole number of the start body has both ends, so none is left to its format
+        // (`int64` would admit values the server refuses, or the other way round).
+        for (field, property) in start.as_object().unwrap() {
+            if property.to_string().contains("\"integer\"") {
+                assert!(
+                    property["minimum"].is_number() && property["maximum"].is_number(),
+                    "{field}: {property}"
+                );
+            }
+        }
+        for &(field, range) in START_LIMITS {
+            let property = &start[field];
+            match range {
+                Range::Integer { min, max } => {
+                    assert_eq!(property["minimum"], min, "{field}");
+                    assert_eq!(property["maximum"], max, "{field}");
+                }
+                Range::Number { min, max } => {
+                    let key = |edge: &Edge, inclusive: &'static str, exclusive: &'static str| {
+                        match edge {
+                            Edge::Inclusive(v) => (inclusive, *v),
+                            Edge::Exclusive(v) => (exclusive, *v),
+                        }
+                    };
+                    for (edge, names) in [
+                        (min, ("minimum", "exclusiveMinimum")),
+                        (max, ("maximum", "exclusiveMaximum")),
+                    ] {
+                        if let Some(edge) = edge {
+                            let (name, value) = key(&edge, names.0, names.1);
+                            assert_eq!(property[name], value, "{field} {name}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            start["dataset"]["pattern"],
+            format!("^(?:{TASK_PATTERN}|{UPLOADED_PATTERN})$")
+        );
+        let export = &doc["components"]["schemas"]["ExportRequest"]["properties"];
+        assert_eq!(export["model_ids"]["minItems"], 1);
+        let query = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .clone()
+        };
+        for (path, name, min, max) in [
+            ("/jobs", "limit", 1, 1000),
+            ("/datasets", "limit", 1, 1000),
+            ("/alerts", "limit", 1, 1000),
+            ("/jobs/{id}/events", "since", 0, i64::MAX),
+            ("/datasets", "offset", 0, i64::MAX),
+            ("/alerts", "offset", 0, i64::MAX),
+        ] {
+            let schema = query(path, name);
+            assert_eq!(schema["minimum"], min, "{path} {name}: {schema}");
+            assert_eq!(schema["maximum"], max, "{path} {name}: {schema}");
+        }
+        // The phase without a recipe is an answer by design, and documented as one.
+        let start_op = &doc["paths"]["/phases/{phase}/start"]["post"]["responses"];
+        assert!(start_op["501"].is_object());
+        let export_op = &doc["paths"]["/models/export"]["post"]["responses"];
+        assert!(export_op["409"].is_object());
     }
 
     #[test]

@@ -155,3 +155,31 @@ pub fn parse_id(kind: &str, id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id)
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("{kind} {id} not found")))
 }
+
+/// The largest value of an unsigned query parameter or body field: what JSON Schema's `int64`
+/// format (which the document declares for them) can hold.
+pub const MAX_INT64: u64 = i64::MAX as u64;
+
+/// `value` when it lies in `range`, else a 422 naming `field`, for a number the document
+/// bounds (`minimum`/`maximum`), so the server refuses exactly what the document does.
+pub fn in_range<T>(
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, Problem>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    Err(Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "`{field}` must be {} to {}, found {value}",
+            range.start(),
+            range.end()
+        ),
+    )
+    .with("field", field))
+}

@@ -120,10 +120,13 @@ fn check_handshake(
         )
         .with_header("sec-websocket-version", "13"));
     }
-    let Some(key) = headers.get("sec-websocket-key") else {
+    let key = headers
+        .get("sec-websocket-key")
+        .filter(|key| is_handshake_key(key.as_bytes()));
+    let Some(key) = key else {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
-            "a WebSocket upgrade needs a Sec-WebSocket-Key header",
+            "a WebSocket upgrade needs a Sec-WebSocket-Key header: 16 random bytes in base64",
         ));
     };
     let Some(on_upgrade) = on_upgrade else {
@@ -136,6 +139,16 @@ fn check_handshake(
         accept: derive_accept_key(key.as_bytes()),
         on_upgrade,
     })
+}
+
+/// Whether `key` is what RFC 6455 §4.1 asks a client to send: 16 bytes in base64, which is 22
+/// characters, the last of them carrying 2 bits (so one of `AQgw`), then `==`.
+fn is_handshake_key(key: &[u8]) -> bool {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..21].iter().all(base64)
+        && b"AQgw".contains(&key[21])
+        && &key[22..] == b"=="
 }
 
 /// Admits the connection with the hub, then upgrades.
