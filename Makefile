@@ -15,7 +15,8 @@ run:
 ## Run the whole test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379;
 ## .ci/run starts them when they are not running): the Rust tests, then the dashboard in a real
 ## Chromium and the Python client against a real node (tests/browser/run.sh installs Chromium
-## and Playwright when missing).
+## and Playwright when missing), then schemathesis against a real node with a token of each role
+## (tests/api-fuzz/run.sh, about three minutes; installs schemathesis when missing).
 test:
 	@$(LIBTORCH_ENV); \
 	scripts/torch-python.sh || echo "make: torch is not importable from python; the PyTorch parity test will skip" >&2; \
@@ -27,6 +28,7 @@ test:
 	  cargo test --workspace --all-targets --no-fail-fast || status=$$?; \
 	fi; \
 	GROKFORGE_BIN="$${CARGO_TARGET_DIR:-target}/debug/grokforge" tests/browser/run.sh || status=$$?; \
+	GROKFORGE_BIN="$${CARGO_TARGET_DIR:-target}/debug/grokforge" tests/api-fuzz/run.sh || status=$$?; \
 	exit $$status
 
 build:

@@ -251,4 +251,58 @@ async fn trained_models_are_listed_exported_and_downloaded_with_verified_checksu
         404
     );
     assert_eq!(get(&format!("{base}/models/{unknown}")).await.status(), 404);
+
+    // A model whose stored file was altered on disk cannot be exported until someone acts on
+    // it: a 409 naming the model and the file, never a 503 that invites retries.
+    let corrupted = model_ids[0];
+    let file = model_file(data.path(), corrupted);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+    let response = client()
+        .post(format!("{base}/models/export"))
+        .json(&json!({"model_ids": [corrupted]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["model_id"], corrupted, "{problem}");
+    assert!(problem["file"].is_string(), "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification"),
+        "{problem}"
+    );
+}
+
+/// A file of model `id` in the node's artifact store under `data_dir`.
+fn model_file(data_dir: &std::path::Path, id: &str) -> std::path::PathBuf {
+    let mut pending = vec![data_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if entry.file_name() == id {
+                let mut files: Vec<_> = std::fs::read_dir(&path)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.is_file())
+                    .collect();
+                files.sort();
+                return files.into_iter().next().expect("the model has files");
+            }
+            pending.push(path);
+        }
+    }
+    panic!("no directory for model {id} under {}", data_dir.display());
 }

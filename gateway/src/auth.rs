@@ -20,9 +20,11 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use warp::Filter;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 
 use crate::problem::{Problem, Rejected};
+use crate::routes::Access;
 
 /// File name of the generated admin token inside the data dir.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -268,22 +270,34 @@ pub fn require_header_or_query(
 }
 
 /// `/metrics`: open when configured so, else a read token.
-pub fn metrics_access(
+fn metrics_access(
     tokens: Arc<Tokens>,
-) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("authorization")
-        .and_then(move |header: Option<String>| {
-            let tokens = tokens.clone();
-            async move {
-                if tokens.metrics_open {
-                    return Ok(());
-                }
-                check(&tokens, header.as_deref(), None, Role::Read)
-                    .map(|_| ())
-                    .map_err(|problem| warp::reject::custom(Rejected(problem)))
+) -> impl Filter<Extract = (Option<Principal>,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+        let tokens = tokens.clone();
+        async move {
+            if tokens.metrics_open {
+                return Ok(None);
             }
-        })
-        .untuple_one()
+            check(&tokens, header.as_deref(), None, Role::Read)
+                .map(Some)
+                .map_err(|problem| warp::reject::custom(Rejected(problem)))
+        }
+    })
+}
+
+/// The check a route's [`Access`] asks for: the caller, or `None` where no token is needed.
+///
+/// Boxed, because each kind of access is a filter of its own type; only the one route whose
+/// method and path matched gets this far, so the indirection costs one call per request.
+pub fn guard(tokens: &Arc<Tokens>, access: Access) -> BoxedFilter<(Option<Principal>,)> {
+    let tokens = tokens.clone();
+    match access {
+        Access::Public => warp::any().map(|| None).boxed(),
+        Access::Token(role) => require(tokens, role).map(Some).boxed(),
+        Access::TokenOrQuery(role) => require_header_or_query(tokens, role).map(Some).boxed(),
+        Access::Scrape => metrics_access(tokens).boxed(),
+    }
 }
 
 #[cfg(test)]

@@ -46,8 +46,9 @@ pub async fn index() -> Result<Response, warp::Rejection> {
     Ok(asset("index.html"))
 }
 
-pub async fn file(tail: warp::path::Tail) -> Result<Response, warp::Rejection> {
-    Ok(asset(tail.as_str()))
+/// `file` is the rest of the path after `/dashboard/` (`vendor/uPlot.min.css`).
+pub async fn file(file: String) -> Result<Response, warp::Rejection> {
+    Ok(asset(&file))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
-use crate::problem::{Problem, json_or_problem};
+use crate::problem::{MAX_INT64, Problem, in_range, json_or_problem};
 
 /// Page size of `GET /datasets` unless `limit` says otherwise, and the largest `limit`.
 const DEFAULT_LIMIT: u64 = 100;
@@ -75,12 +75,25 @@ async fn call<R: Send + 'static>(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct UploadQuery {
-    /// What to call it (shown in lists; never a path). Default `dataset`.
+    /// What to call it (shown in lists; never a path): 1 to 128 characters, no control
+    /// characters, no spaces around. Default `dataset`.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+    )]
     name: Option<String>,
     /// `text` (UTF-8, default), `jsonl` (one JSON object per line) or `tokenizer`
     /// (a Hugging Face `tokenizer.json`).
+    #[param(value_type = Option<DatasetKind>)]
     kind: Option<String>,
-    /// JSONL only: the field holding the text (default `text`).
+    /// With `kind=jsonl` only (refused with the other kinds): the field holding the text, 1 to
+    /// 128 characters without control characters (default `text`).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]+$"
+    )]
     text_field: Option<String>,
 }
 
@@ -92,8 +105,8 @@ pub struct UploadQuery {
 /// `"dataset": "ds:<id>"` (or `"tokenizer_dataset": "ds:<id>"`).
 #[utoipa::path(
     post,
-    path = "/datasets",
-    operation_id = "upload_dataset",
+    path = crate::routes::UPLOAD_DATASET.path,
+    operation_id = crate::routes::UPLOAD_DATASET.operation_id,
     tag = "datasets",
     params(UploadQuery),
     request_body(content = String, content_type = "application/octet-stream",
@@ -195,9 +208,11 @@ where
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// At most this many uploaded datasets (default 100, at most 1000).
+    /// At most this many uploaded datasets (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
     /// Skip this many (the previous page's `next_offset`).
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     offset: Option<u64>,
 }
 
@@ -206,8 +221,8 @@ pub struct ListQuery {
 /// Uploaded datasets, oldest first and paged, and the built-in algorithmic tasks.
 #[utoipa::path(
     get,
-    path = "/datasets",
-    operation_id = "list_datasets",
+    path = crate::routes::LIST_DATASETS.path,
+    operation_id = crate::routes::LIST_DATASETS.operation_id,
     tag = "datasets",
     params(ListQuery),
     responses(
@@ -215,19 +230,24 @@ pub struct ListQuery {
             body = DatasetPage),
         (status = 400, description = "An unknown or malformed query parameter.",
             body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` or `offset` is out of range; `field` names it.",
+            body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The dataset service is unavailable.",
             body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
 pub async fn list(query: ListQuery, state: Arc<GatewayState>) -> Result<Response, warp::Rejection> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
-    let offset = query.offset.unwrap_or(0);
-    let result = call(&state, |reply| DatasetServiceMessage::List {
-        limit,
-        offset,
-        reply,
-    })
+    let result = async {
+        let limit = in_range("limit", query.limit.unwrap_or(DEFAULT_LIMIT), 1..=MAX_LIMIT)?;
+        let offset = in_range("offset", query.offset.unwrap_or(0), 0..=MAX_INT64)?;
+        call(&state, |reply| DatasetServiceMessage::List {
+            limit,
+            offset,
+            reply,
+        })
+        .await
+    }
     .await;
     Ok(json_or_problem(result, StatusCode::OK))
 }
@@ -243,8 +263,8 @@ fn decode(id: &str) -> String {
 /// jobs that read it.
 #[utoipa::path(
     get,
-    path = "/datasets/{id}",
-    operation_id = "get_dataset",
+    path = crate::routes::GET_DATASET.path,
+    operation_id = crate::routes::GET_DATASET.operation_id,
     tag = "datasets",
     params(("id" = String, Path, description = "`ds:<id>` or the bare id.")),
     responses(
@@ -269,8 +289,8 @@ pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp:
 /// interrupted job reads it.
 #[utoipa::path(
     delete,
-    path = "/datasets/{id}",
-    operation_id = "delete_dataset",
+    path = crate::routes::DELETE_DATASET.path,
+    operation_id = crate::routes::DELETE_DATASET.operation_id,
     tag = "datasets",
     params(("id" = String, Path, description = "`ds:<id>` or the bare id.")),
     responses(

@@ -15,7 +15,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
-use crate::problem::Problem;
+use crate::problem::{MAX_INT64, Problem, in_range};
 
 async fn fresh_report(state: &GatewayState) -> Result<HealthReport, Problem> {
     state
@@ -68,7 +68,7 @@ pub struct AlertsQuery {
     pub state: AlertState,
     /// How many to skip, newest first.
     #[serde(default)]
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub offset: usize,
     /// How many at most (1–1000, default 100).
     #[serde(default = "default_alert_limit")]
@@ -86,12 +86,14 @@ fn default_alert_limit() -> usize {
 /// admin WebSocket clients on `admin_alerts` and to the configured webhooks.
 #[utoipa::path(
     get,
-    path = "/alerts",
-    operation_id = "list_alerts",
+    path = crate::routes::LIST_ALERTS.path,
+    operation_id = crate::routes::LIST_ALERTS.operation_id,
     tag = "node",
     params(AlertsQuery),
     responses(
         (status = 200, description = "The alerts, newest first.", body = [Alert]),
+        (status = 400, description = "An unknown or malformed query parameter.", body = Problem,
+            content_type = "application/problem+json"),
         (status = 422, description = "A query parameter is out of range.", body = Problem,
             content_type = "application/problem+json"),
         (status = 503, description = "The monitoring service is unavailable (no answer in \
@@ -104,13 +106,10 @@ pub async fn alerts(
     query: AlertsQuery,
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
-    if !(1..=1000).contains(&query.limit) {
-        return Ok(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("`limit` must be 1 to 1000, found {}", query.limit),
-        )
-        .with("field", "limit")
-        .into_response());
+    let checked = in_range("limit", query.limit, 1..=1000)
+        .and_then(|_| in_range("offset", query.offset as u64, 0..=MAX_INT64));
+    if let Err(problem) = checked {
+        return Ok(problem.into_response());
     }
     let alerts = state
         .directory
@@ -140,7 +139,7 @@ pub async fn alerts(
 #[utoipa::path(
     get,
     path = "/monitoring",
-    operation_id = "monitoring_summary",
+    operation_id = crate::routes::MONITORING.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "The aggregates.", body = MonitoringSummary),
@@ -173,12 +172,14 @@ pub async fn monitoring(state: Arc<GatewayState>) -> Result<Response, warp::Reje
 /// unhealthy.
 #[utoipa::path(
     get,
-    path = "/health",
-    operation_id = "health",
+    path = crate::routes::HEALTH.path,
+    operation_id = crate::routes::HEALTH.operation_id,
     tag = "node",
     params(HealthQuery),
     responses(
         (status = 200, description = "Healthy or degraded.", body = HealthReport),
+        (status = 400, description = "A malformed query parameter (`fresh` is `true` or \
+            `false`).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Unhealthy (the report says why), or the checks could not \
             be run (a problem).",
             content(
@@ -221,8 +222,8 @@ struct Readiness {
 /// model) and the database are not unhealthy.
 #[utoipa::path(
     get,
-    path = "/ready",
-    operation_id = "ready",
+    path = crate::routes::READY.path,
+    operation_id = crate::routes::READY.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "Ready.", body = Readiness),
@@ -280,8 +281,8 @@ pub fn metrics(state: Arc<GatewayState>) -> Response {
 /// The live nodes of the cluster
 #[utoipa::path(
     get,
-    path = "/cluster/nodes",
-    operation_id = "cluster_nodes",
+    path = crate::routes::CLUSTER_NODES.path,
+    operation_id = crate::routes::CLUSTER_NODES.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "Every live node, this one included.", body = [NodeInfo]),

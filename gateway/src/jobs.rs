@@ -14,7 +14,7 @@ use warp::reply::{Reply, Response};
 
 use crate::GatewayState;
 use crate::openapi::PhaseEntry;
-use crate::problem::{Problem, json_or_problem, parse_id};
+use crate::problem::{MAX_INT64, Problem, in_range, json_or_problem, parse_id};
 
 fn phase_names(phases: &[Phase]) -> Vec<String> {
     phases.iter().map(|p| p.to_string()).collect()
@@ -69,14 +69,204 @@ async fn call<R: Send + 'static>(
         .await
 }
 
+/// What a number of the start body may be.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Range {
+    /// A whole number in `min..=max`.
+    Integer { min: i64, max: i64 },
+    /// A number above `min` (or equal to it, when inclusive) and below `max` (or equal to it).
+    Number {
+        min: Option<Edge>,
+        max: Option<Edge>,
+    },
+}
+
+/// One end of a [`Range::Number`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Edge {
+    Inclusive(f64),
+    Exclusive(f64),
+}
+
+const fn int(min: i64, max: i64) -> Range {
+    Range::Integer { min, max }
+}
+
+/// The numbers of the start body and their ranges: checked by [`start`] before the training
+/// service sees the spec, and written into the document's `StartJobRequest` schema
+/// (`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`), so a client is told exactly
+/// which values are refused. The upper bounds are what one node is built to train (models up
+/// to a few hundred million parameters, runs up to ten million steps); seeds and other
+/// unsigned values stop at `int64`, the format the document gives them.
+pub(crate) const START_LIMITS: &[(&str, Range)] = &[
+    ("d_model", int(1, 1024)),
+    ("n_layers", int(1, 32)),
+    ("n_heads", int(1, 64)),
+    ("d_ff", int(1, 8192)),
+    ("seq_len", int(1, 2048)),
+    ("steps", int(1, 10_000_000)),
+    ("variants", int(1, 16)),
+    ("batch_size", int(1, 8192)),
+    ("warmup_steps", int(0, 10_000_000)),
+    ("window", int(1, 100_000)),
+    ("seed", int(0, i64::MAX)),
+    ("data_seed", int(0, i64::MAX)),
+    ("eval_every", int(0, 10_000_000)),
+    ("eval_batch_size", int(1, 65_536)),
+    ("checkpoint_every", int(0, 10_000_000)),
+    ("threads", int(1, 256)),
+    ("priority", int(i64::MIN, i64::MAX)),
+    (
+        "train_fraction",
+        Range::Number {
+            min: Some(Edge::Exclusive(0.0)),
+            max: Some(Edge::Exclusive(1.0)),
+        },
+    ),
+    (
+        "lr",
+        Range::Number {
+            min: Some(Edge::Exclusive(0.0)),
+            max: None,
+        },
+    ),
+    (
+        "beta1",
+        Range::Number {
+            min: Some(Edge::Inclusive(0.0)),
+            max: Some(Edge::Exclusive(1.0)),
+        },
+    ),
+    (
+        "beta2",
+        Range::Number {
+            min: Some(Edge::Inclusive(0.0)),
+            max: Some(Edge::Exclusive(1.0)),
+        },
+    ),
+    (
+        "epsilon",
+        Range::Number {
+            min: Some(Edge::Exclusive(0.0)),
+            max: None,
+        },
+    ),
+    (
+        "weight_decay",
+        Range::Number {
+            min: Some(Edge::Inclusive(0.0)),
+            max: None,
+        },
+    ),
+    (
+        "alpha",
+        Range::Number {
+            min: Some(Edge::Inclusive(0.0)),
+            max: Some(Edge::Exclusive(1.0)),
+        },
+    ),
+    (
+        "stop_at_val_acc",
+        Range::Number {
+            min: Some(Edge::Inclusive(0.0)),
+            max: Some(Edge::Inclusive(1.0)),
+        },
+    ),
+];
+
+impl Range {
+    /// Whether `value` is in range. A value of the wrong type passes: deserialising the spec
+    /// refuses it with the field's expected type.
+    fn admits(self, value: &serde_json::Value) -> bool {
+        match self {
+            Range::Integer { min, max } => {
+                let whole = value
+                    .as_i64()
+                    .map(i128::from)
+                    .or_else(|| value.as_u64().map(i128::from));
+                whole.is_none_or(|v| (i128::from(min)..=i128::from(max)).contains(&v))
+            }
+            Range::Number { min, max } => {
+                let Some(v) = value.as_f64() else {
+                    return true;
+                };
+                let above = match min {
+                    None => true,
+                    Some(Edge::Inclusive(m)) => v >= m,
+                    Some(Edge::Exclusive(m)) => v > m,
+                };
+                let below = match max {
+                    None => true,
+                    Some(Edge::Inclusive(m)) => v <= m,
+                    Some(Edge::Exclusive(m)) => v < m,
+                };
+                above && below
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Range::Integer { min, max } => write!(f, "a whole number from {min} to {max}"),
+            Range::Number { min, max } => {
+                let mut ends = Vec::new();
+                match min {
+                    Some(Edge::Inclusive(m)) => ends.push(format!("≥ {m}")),
+                    Some(Edge::Exclusive(m)) => ends.push(format!("> {m}")),
+                    None => {}
+                }
+                match max {
+                    Some(Edge::Inclusive(m)) => ends.push(format!("≤ {m}")),
+                    Some(Edge::Exclusive(m)) => ends.push(format!("< {m}")),
+                    None => {}
+                }
+                write!(f, "a number {}", ends.join(" and "))
+            }
+        }
+    }
+}
+
+/// The first number of `fields` outside its [`START_LIMITS`] range, as a 422 naming it.
+///
+/// A whole number written with a fraction (`31.0`) is an integer to JSON Schema, so it is
+/// taken as one: serde would refuse it for an integer field.
+fn check_start_limits(
+    fields: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), Problem> {
+    for &(field, range) in START_LIMITS {
+        if let (Range::Integer { .. }, Some(value)) = (range, fields.get_mut(field))
+            && let Some(whole) = value
+                .as_f64()
+                .filter(|v| v.fract() == 0.0 && v.abs() < 2e18)
+            && !value.is_i64()
+            && !value.is_u64()
+        {
+            *value = serde_json::Value::from(whole as i64);
+        }
+        match fields.get(field) {
+            Some(value) if !value.is_null() && !range.admits(value) => {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("`{field}` must be {range}, found {value}"),
+                )
+                .with("field", field));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Queue a training job for a phase
 ///
 /// The start body: the flags of `grokforge train` as fields (`checkpoint_every`, …), every one
 /// optional, plus the queue priority. An empty body queues the defaults.
 #[utoipa::path(
     post,
-    path = "/phases/{phase}/start",
-    operation_id = "start_phase",
+    path = crate::routes::START_PHASE.path,
+    operation_id = crate::routes::START_PHASE.operation_id,
     tag = "jobs",
     params(("phase" = Phase, Path, description = "The phase to run.")),
     // A free-form ref, because utoipa marks any typed body required (or, for an `Option`,
@@ -95,7 +285,12 @@ async fn call<R: Send + 'static>(
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the gateway's limit.",
             body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A setting is invalid or unknown; `field` names it.",
+        (status = 422, description = "A setting is invalid or unknown (`field` names it): out of \
+            its range, or breaking a rule that involves more than the one field or the node's \
+            state, which the schema cannot state — an uploaded dataset (`ds:<id>`) that does not \
+            exist or is of the wrong kind, `tokenizer_dataset` without an uploaded `dataset`, a \
+            division task (`mod-div:P`) whose modulus is not prime, heads that do not divide the \
+            model width.",
             body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "The phase has no recipe yet and nothing was queued; \
             `phases_with_recipe` lists those that have one.",
@@ -124,6 +319,7 @@ pub async fn start(
                     )
                 })?
             };
+        check_start_limits(&mut fields)?;
         let priority = match fields.remove("priority") {
             None | Some(serde_json::Value::Null) => 0,
             Some(value) => value.as_i64().ok_or_else(|| {
@@ -161,8 +357,8 @@ pub async fn start(
 /// Every phase of the pipeline in order, and whether it has a recipe (can be started).
 #[utoipa::path(
     get,
-    path = "/phases",
-    operation_id = "list_phases",
+    path = crate::routes::LIST_PHASES.path,
+    operation_id = crate::routes::LIST_PHASES.operation_id,
     tag = "jobs",
     responses((status = 200, description = "The phases in pipeline order.", body = [PhaseEntry])),
 )]
@@ -178,8 +374,8 @@ pub async fn phases(_state: Arc<GatewayState>) -> Result<Response, warp::Rejecti
 /// A phase's jobs and models at a glance
 #[utoipa::path(
     get,
-    path = "/phases/{phase}/status",
-    operation_id = "phase_status",
+    path = crate::routes::PHASE_STATUS.path,
+    operation_id = crate::routes::PHASE_STATUS.operation_id,
     tag = "jobs",
     params(("phase" = Phase, Path, description = "The phase.")),
     responses(
@@ -219,17 +415,21 @@ pub struct JobQuery {
     /// Only jobs in this state (an unknown state is a 400).
     #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
-    /// At most this many, newest first.
+    /// At most this many (1–1000), newest first; all of them without it.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
+
+/// The largest `limit` of `GET /jobs`.
+const MAX_JOBS_LIMIT: u32 = 1000;
 
 /// List jobs
 ///
 /// Newest first, optionally filtered by phase and status.
 #[utoipa::path(
     get,
-    path = "/jobs",
-    operation_id = "list_jobs",
+    path = crate::routes::LIST_JOBS.path,
+    operation_id = crate::routes::LIST_JOBS.operation_id,
     tag = "jobs",
     params(JobQuery),
     responses(
@@ -238,6 +438,8 @@ pub struct JobQuery {
             unknown or malformed query parameter.",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such phase; `valid_phases` lists the phases.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`limit` is out of range; `field` names it.",
             body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The training service is unavailable (no answer in time, or \
             restarting).",
@@ -267,10 +469,14 @@ pub async fn list(query: JobQuery, state: Arc<GatewayState>) -> Result<Response,
             Some(name) => Some(parse_phase(&name)?.to_string()),
             None => None,
         };
+        let limit = match query.limit {
+            Some(limit) => Some(in_range("limit", limit, 1..=MAX_JOBS_LIMIT)?),
+            None => None,
+        };
         let filter = JobFilter {
             status,
             phase,
-            limit: query.limit,
+            limit,
         };
         call(&state, |reply| {
             TrainingServiceMessage::ListJobs(filter, reply)
@@ -284,8 +490,8 @@ pub async fn list(query: JobQuery, state: Arc<GatewayState>) -> Result<Response,
 /// One job
 #[utoipa::path(
     get,
-    path = "/jobs/{id}",
-    operation_id = "get_job",
+    path = crate::routes::GET_JOB.path,
+    operation_id = crate::routes::GET_JOB.operation_id,
     tag = "jobs",
     params(("id" = Uuid, Path, description = "The job id.")),
     responses(
@@ -312,8 +518,8 @@ pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp:
 /// writes a checkpoint. Cancelling a finished job changes nothing and answers its record.
 #[utoipa::path(
     post,
-    path = "/jobs/{id}/cancel",
-    operation_id = "cancel_job",
+    path = crate::routes::CANCEL_JOB.path,
+    operation_id = crate::routes::CANCEL_JOB.operation_id,
     tag = "jobs",
     params(("id" = Uuid, Path, description = "The job id.")),
     responses(
@@ -340,6 +546,7 @@ pub async fn cancel(id: String, state: Arc<GatewayState>) -> Result<Response, wa
 pub struct EventsQuery {
     /// Only events with a sequence number above this one (0, the default: from the start).
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     since: u64,
 }
 
@@ -348,8 +555,8 @@ pub struct EventsQuery {
 /// The job's event log after `since`, as the envelopes that were published, in sequence order.
 #[utoipa::path(
     get,
-    path = "/jobs/{id}/events",
-    operation_id = "job_events",
+    path = crate::routes::JOB_EVENTS.path,
+    operation_id = crate::routes::JOB_EVENTS.operation_id,
     tag = "jobs",
     params(("id" = Uuid, Path, description = "The job id."), EventsQuery),
     responses(
@@ -358,6 +565,8 @@ pub struct EventsQuery {
         (status = 400, description = "An unknown or malformed query parameter.",
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No job with this id (or the id is not a UUID).",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`since` is out of range; `field` names it.",
             body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The training service is unavailable (no answer in time, or \
             restarting).",
@@ -370,10 +579,12 @@ pub async fn events(
     query: EventsQuery,
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
-    let result = match parse_id("job", &id) {
-        Ok(job_id) => call(&state, |reply| TrainingServiceMessage::JobEvents {
+    let result = match parse_id("job", &id)
+        .and_then(|job_id| Ok((job_id, in_range("since", query.since, 0..=MAX_INT64)?)))
+    {
+        Ok((job_id, since)) => call(&state, |reply| TrainingServiceMessage::JobEvents {
             job_id,
-            since: query.since,
+            since,
             reply,
         })
         .await
@@ -381,4 +592,50 @@ pub async fn events(
         Err(problem) => Err(problem),
     };
     Ok(json_or_problem(result, StatusCode::OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn start_limits_refuse_exactly_what_is_out_of_range() {
+        let check = |mut body: serde_json::Value| check_start_limits(body.as_object_mut().unwrap());
+        check(json!({"d_model": 1024, "steps": 1, "lr": 1e-9, "beta2": 0.0, "seed": i64::MAX}))
+            .unwrap();
+        check(json!({"stop_at_val_acc": 1.0, "train_fraction": 0.5, "priority": -5})).unwrap();
+        // `31.0` is a whole number, and one in range.
+        let mut body = json!({"n_layers": 31.0, "steps": 2.0e7});
+        let problem = check_start_limits(body.as_object_mut().unwrap()).unwrap_err();
+        assert_eq!(problem.extensions["field"], "steps");
+        assert_eq!(body["n_layers"], json!(31));
+        // Types are left to deserialisation, which names the expected one.
+        check(json!({"steps": "many", "d_model": null})).unwrap();
+        for (field, value) in [
+            ("d_model", json!(1025)),
+            ("steps", json!(0)),
+            ("seed", json!(u64::MAX)),
+            ("lr", json!(0.0)),
+            ("beta1", json!(1.0)),
+            ("train_fraction", json!(1.0)),
+            ("stop_at_val_acc", json!(-0.1)),
+        ] {
+            let problem = check(json!({ field: value })).unwrap_err();
+            assert_eq!(problem.status, 422, "{field}");
+            assert_eq!(problem.extensions["field"], field);
+        }
+    }
+
+    #[test]
+    fn every_limit_names_a_field_of_the_start_body() {
+        let spec = serde_json::to_value(TrainSpec::default()).unwrap();
+        for (field, _) in START_LIMITS {
+            assert!(
+                *field == "priority" || spec.get(*field).is_some(),
+                "{field} is no TrainSpec field"
+            );
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! The HTTP face of a grokforge node, on warp.
 //!
-//! * [`routes`] — every route of the node, with errors as RFC 9457 problem details.
+//! * [`routes()`] — every route of the node, with errors as RFC 9457 problem details.
+//! * [`routes`] — the route table: each route's method, path template and access, declared
+//!   once for the filter chain, the request metrics and the OpenAPI document.
 //! * [`serve`] — serves the routes on a bound listener until a shutdown future resolves.
 //! * [`auth`] — bearer tokens with roles; the generated admin token.
 //! * [`ws`] — the WebSocket endpoint, one session per client over the node's WebSocketHub.
@@ -20,6 +22,7 @@ mod metrics;
 mod models;
 pub mod openapi;
 pub mod problem;
+pub mod routes;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -33,7 +36,6 @@ use grokforge_actors::resilience::{
     BreakerConfig, CircuitBreaker, Jitter, RetryPolicy, SystemClock, retry,
 };
 use grokforge_actors::{NodeMetrics, ServiceDirectory, names};
-use grokforge_config::Role;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::Filter;
@@ -180,10 +182,14 @@ impl GatewayState {
     }
 }
 
-/// All routes of the node.
+/// All routes of the node: one filter per entry of the route table ([`routes::ALL`]), each
+/// matched by its method and template and guarded by its access, then [`routes::no_route`]
+/// for the requests none of them serves.
 pub fn routes(
     state: GatewayState,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = Infallible> + Clone {
+    use routes::Route;
+
     let max_body_bytes = state.max_body_bytes;
     let tokens = state.tokens.clone();
     // In an `Arc`: warp clones the log filter's closure for every request, and the metrics are
@@ -193,159 +199,118 @@ pub fn routes(
     // and touch every one of its reference counts.
     let state = Arc::new(state);
     let with_state = warp::any().map(move || state.clone());
-    let guard = |need: Role| {
-        auth::require(tokens.clone(), need)
-            .map(|_| ())
+    // A route of the table without parameters, and one with its parameter: the method, the
+    // path, then the token the route's access asks for.
+    let at = |route: &'static Route| {
+        route
+            .exact()
+            .and(auth::guard(&tokens, route.access))
+            .map(|_caller| ())
             .untuple_one()
     };
-    let read = guard(Role::Read);
-    let user = guard(Role::User);
+    let at_param = |route: &'static Route| {
+        route
+            .with_param()
+            .and(auth::guard(&tokens, route.access))
+            .map(|param: String, _caller| param)
+    };
 
-    let health = warp::path!("health")
-        .and(warp::get())
+    let health = at(&routes::HEALTH)
         .and(warp::query::<health::HealthQuery>())
         .and(with_state.clone())
         .and_then(health::health);
-    let alerts = warp::path!("alerts")
-        .and(warp::get())
-        .and(read.clone())
+    let alerts = at(&routes::LIST_ALERTS)
         .and(warp::query::<health::AlertsQuery>())
         .and(with_state.clone())
         .and_then(health::alerts);
-    let monitoring = warp::path!("monitoring")
-        .and(warp::get())
-        .and(read.clone())
+    let monitoring = at(&routes::MONITORING)
         .and(with_state.clone())
         .and_then(health::monitoring);
-    let ready = warp::path!("ready")
-        .and(warp::get())
+    let ready = at(&routes::READY)
         .and(with_state.clone())
         .and_then(health::ready);
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(auth::metrics_access(tokens.clone()))
+    let metrics = at(&routes::METRICS)
         .and(with_state.clone())
         .and_then(metrics::metrics);
-    let nodes = warp::path!("cluster" / "nodes")
-        .and(warp::get())
-        .and(read.clone())
+    let nodes = at(&routes::CLUSTER_NODES)
         .and(with_state.clone())
         .and_then(health::cluster_nodes);
-    let openapi = warp::path!("openapi.json")
-        .and(warp::get())
-        .and(read.clone())
+    let openapi = at(&routes::OPENAPI)
         .map(|| warp::reply::with_header(openapi::json(), "content-type", "application/json"));
-    let websocket = warp::path!("ws")
-        .and(warp::get())
-        .and(auth::require_header_or_query(tokens.clone(), Role::Read))
+    // The session needs the caller's role (admin topics), so this one keeps it.
+    let websocket = routes::WEBSOCKET
+        .exact()
+        .and(auth::guard(&tokens, routes::WEBSOCKET.access))
         .and(ws::handshake())
         .and(with_state.clone())
-        .and_then(|principal, handshake, state| ws::upgrade(handshake, principal, state));
+        .and_then(|caller, handshake, state| ws::upgrade(handshake, caller, state));
 
-    let start = warp::path!("phases" / String / "start")
-        .and(warp::post())
-        .and(user.clone())
+    let start = at_param(&routes::START_PHASE)
         .and(warp::body::content_length_limit(max_body_bytes))
         .and(warp::body::bytes())
         .and(with_state.clone())
         .and_then(jobs::start);
-    let phases = warp::path!("phases")
-        .and(warp::get())
-        .and(read.clone())
+    let phases = at(&routes::LIST_PHASES)
         .and(with_state.clone())
         .and_then(jobs::phases);
-    let phase_status = warp::path!("phases" / String / "status")
-        .and(warp::get())
-        .and(read.clone())
+    let phase_status = at_param(&routes::PHASE_STATUS)
         .and(with_state.clone())
         .and_then(jobs::phase_status);
-    let list_jobs = warp::path!("jobs")
-        .and(warp::get())
-        .and(read.clone())
+    let list_jobs = at(&routes::LIST_JOBS)
         .and(warp::query::<jobs::JobQuery>())
         .and(with_state.clone())
         .and_then(jobs::list);
-    let get_job = warp::path!("jobs" / String)
-        .and(warp::get())
-        .and(read.clone())
+    let get_job = at_param(&routes::GET_JOB)
         .and(with_state.clone())
         .and_then(jobs::get);
-    let cancel_job = warp::path!("jobs" / String / "cancel")
-        .and(warp::post())
-        .and(user.clone())
+    let cancel_job = at_param(&routes::CANCEL_JOB)
         .and(with_state.clone())
         .and_then(jobs::cancel);
-    let job_events = warp::path!("jobs" / String / "events")
-        .and(warp::get())
-        .and(read.clone())
+    let job_events = at_param(&routes::JOB_EVENTS)
         .and(warp::query::<jobs::EventsQuery>())
         .and(with_state.clone())
         .and_then(jobs::events);
-    let list_models = warp::path!("models")
-        .and(warp::get())
-        .and(read.clone())
+    let list_models = at(&routes::LIST_MODELS)
         .and(warp::query::<models::ModelQuery>())
         .and(with_state.clone())
         .and_then(models::list);
-    let get_model = warp::path!("models" / String)
-        .and(warp::get())
-        .and(read.clone())
+    let get_model = at_param(&routes::GET_MODEL)
         .and(with_state.clone())
         .and_then(models::get);
-    let delete_model = warp::path!("models" / String)
-        .and(warp::delete())
-        .and(user.clone())
+    let delete_model = at_param(&routes::DELETE_MODEL)
         .and(with_state.clone())
         .and_then(models::delete);
-    let export = warp::path!("models" / "export")
-        .and(warp::post())
-        .and(user.clone())
+    let export = at(&routes::EXPORT_MODELS)
         .and(warp::body::content_length_limit(max_body_bytes))
         .and(warp::body::bytes())
         .and(with_state.clone())
         .and_then(models::export);
-    let download = warp::path!("exports" / String)
-        .and(warp::get())
-        .and(read.clone())
+    let download = at_param(&routes::DOWNLOAD_EXPORT)
         .and(with_state.clone())
         .and_then(models::download);
     // The body is streamed to the dataset service, so no `content_length_limit` here: the
     // service bounds it by `storage.max_dataset_bytes` (a declared length above that is
     // refused before any byte is read).
-    let upload_dataset = warp::path!("datasets")
-        .and(warp::post())
-        .and(user.clone())
+    let upload_dataset = at(&routes::UPLOAD_DATASET)
         .and(warp::query::<datasets::UploadQuery>())
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .and(with_state.clone())
         .and_then(datasets::upload);
-    let list_datasets = warp::path!("datasets")
-        .and(warp::get())
-        .and(read.clone())
+    let list_datasets = at(&routes::LIST_DATASETS)
         .and(warp::query::<datasets::ListQuery>())
         .and(with_state.clone())
         .and_then(datasets::list);
-    let get_dataset = warp::path!("datasets" / String)
-        .and(warp::get())
-        .and(read)
+    let get_dataset = at_param(&routes::GET_DATASET)
         .and(with_state.clone())
         .and_then(datasets::get);
-    let delete_dataset = warp::path!("datasets" / String)
-        .and(warp::delete())
-        .and(user)
+    let delete_dataset = at_param(&routes::DELETE_DATASET)
         .and(with_state)
         .and_then(datasets::delete);
-    let dashboard = warp::path::end()
-        .and(warp::get())
-        .and_then(dashboard::index)
-        .or(warp::path("dashboard")
-            .and(warp::path::tail())
-            .and(warp::get())
-            .and_then(dashboard::file));
+    let dashboard = at(&routes::DASHBOARD).and_then(dashboard::index);
+    let dashboard_file = at_param(&routes::DASHBOARD_FILE).and_then(dashboard::file);
 
-    // The order decides nothing about which route answers (no two routes match the same method
-    // and path), only how many are tried first: the reads a dashboard polls come first.
+    // In the table's order (`routes::ALL`; `every_route_of_the_table_is_served` checks each).
     list_models
         .or(list_jobs)
         .or(get_job)
@@ -371,6 +336,8 @@ pub fn routes(
         .or(upload_dataset)
         .or(delete_dataset)
         .or(dashboard)
+        .or(dashboard_file)
+        .or(routes::no_route())
         .recover(problem::recover)
         .with(warp::log::custom(move |info| {
             metrics::observe_request(&metrics_registry, &info)

@@ -27,6 +27,16 @@ fn storage_problem(error: StorageError) -> Problem {
         StorageError::ModelNotFound { .. } | StorageError::ExportNotFound { .. } => {
             StatusCode::NOT_FOUND
         }
+        // A stored file that fails its checksum stays that way: a 503 would tell clients to
+        // retry something that cannot succeed, and a 500 reads as a bug that retrying may get
+        // past. 409: the model's state (its file is missing or altered) conflicts with the
+        // request until someone acts on the model (deletes it, or restores the file).
+        StorageError::ArtifactCorrupt { model_id, file, .. } => {
+            tracing::error!(%error, "a stored model failed verification");
+            return Problem::new(StatusCode::CONFLICT, error.to_string())
+                .with("model_id", model_id.to_string())
+                .with("file", file.clone());
+        }
         e if e.is_client_error() => StatusCode::UNPROCESSABLE_ENTITY,
         _ => {
             tracing::error!(%error, "registry error");
@@ -64,8 +74,8 @@ pub struct ModelQuery {
 /// Models in the registry, oldest first, optionally filtered.
 #[utoipa::path(
     get,
-    path = "/models",
-    operation_id = "list_models",
+    path = crate::routes::LIST_MODELS.path,
+    operation_id = crate::routes::LIST_MODELS.operation_id,
     tag = "models",
     params(ModelQuery),
     responses(
@@ -165,8 +175,8 @@ impl ListBodies {
 /// One model
 #[utoipa::path(
     get,
-    path = "/models/{id}",
-    operation_id = "get_model",
+    path = crate::routes::GET_MODEL.path,
+    operation_id = crate::routes::GET_MODEL.operation_id,
     tag = "models",
     params(("id" = Uuid, Path, description = "The model id.")),
     responses(
@@ -193,8 +203,8 @@ pub async fn get(id: String, state: Arc<GatewayState>) -> Result<Response, warp:
 /// Removes the model's record, then its files.
 #[utoipa::path(
     delete,
-    path = "/models/{id}",
-    operation_id = "delete_model",
+    path = crate::routes::DELETE_MODEL.path,
+    operation_id = crate::routes::DELETE_MODEL.operation_id,
     tag = "models",
     params(("id" = Uuid, Path, description = "The model id.")),
     responses(
@@ -220,6 +230,7 @@ pub async fn delete(id: String, state: Arc<GatewayState>) -> Result<Response, wa
 #[serde(deny_unknown_fields)]
 pub struct ExportRequest {
     /// The models to package; at least one.
+    #[schema(min_items = 1)]
     model_ids: Vec<Uuid>,
     /// `all` (default), `primary` or `safetensors`.
     #[serde(default)]
@@ -236,14 +247,18 @@ pub struct ExportRequest {
 /// checksum) under the artifacts directory; download it with `GET /exports/{id}`.
 #[utoipa::path(
     post,
-    path = "/models/export",
-    operation_id = "export_models",
+    path = crate::routes::EXPORT_MODELS.path,
+    operation_id = crate::routes::EXPORT_MODELS.operation_id,
     tag = "models",
     request_body = ExportRequest,
     responses(
         (status = 202, description = "Packaged; the export record (its `id` is the download id).",
             body = ExportRecord),
         (status = 404, description = "Some of the models do not exist; every missing id is named.",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A model's stored file is missing or fails its checksum \
+            (`model_id` and `file` name it): retrying will not help until the model is deleted \
+            or its file restored.",
             body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is larger than the gateway's limit.",
             body = Problem, content_type = "application/problem+json"),
@@ -306,8 +321,8 @@ pub async fn export(
 /// Downloads an export: the zip archive, or the manifest of a directory export.
 #[utoipa::path(
     get,
-    path = "/exports/{id}",
-    operation_id = "download_export",
+    path = crate::routes::DOWNLOAD_EXPORT.path,
+    operation_id = crate::routes::DOWNLOAD_EXPORT.operation_id,
     tag = "models",
     params(("id" = Uuid, Path, description = "The export id (`id` of the export record).")),
     responses(

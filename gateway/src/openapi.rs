@@ -7,15 +7,17 @@
 //! schema with `phase` taken out and `priority` put in), the entries of `GET /phases`, and the
 //! routes whose handlers live elsewhere (`GET /metrics`, `GET /ws`, `GET /openapi.json`).
 //!
-//! Authentication is applied in one place, [`BearerAuth`], rather than on each handler, so a
-//! new route cannot be documented as open by forgetting an attribute: every operation needs a
-//! bearer token except those on [`PUBLIC_PATHS`], and the roles it accepts follow from its
-//! method (GET: `read` and up; anything else: `user` and up).
+//! Each operation's path and id come from its route in the route table (`crate::routes`): the
+//! handlers' attributes name it, and the tests below check that the document holds exactly the
+//! table's documented routes. Authentication is applied in one place, [`BearerAuth`], from each
+//! route's declared [`Access`], rather than on each handler, so a route cannot be documented as
+//! open by forgetting an attribute.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use grokforge_actors::training_core::{PATH_FIELDS, Phase, TrainSpec};
+use grokforge_config::Role;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, Operation, PathItem};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
@@ -25,13 +27,9 @@ use utoipa::openapi::security::{
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
+use crate::jobs::{Edge, Range, START_LIMITS};
 use crate::problem::Problem;
-
-/// Routes anyone may call: load balancers and orchestrators probe them without a token.
-pub const PUBLIC_PATHS: [&str; 2] = ["/health", "/ready"];
-
-/// Routes that also take the token as `?token=`: browsers cannot set headers on a WebSocket.
-pub const QUERY_TOKEN_PATHS: [&str; 1] = ["/ws"];
+use crate::routes::{self, Access};
 
 /// Names of the security schemes in `components.securitySchemes`.
 const BEARER_SCHEME: &str = "bearer";
@@ -110,7 +108,7 @@ pub fn json() -> &'static str {
 struct ApiDoc;
 
 /// Declares the bearer scheme and applies it, with its 401 and 403 answers, to every operation
-/// outside [`PUBLIC_PATHS`].
+/// whose route asks for a token, listing the roles that may call it.
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -173,22 +171,22 @@ impl Modify for BearerAuth {
         );
 
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if PUBLIC_PATHS.contains(&path.as_str()) {
-                continue;
-            }
-            let query_token = QUERY_TOKEN_PATHS.contains(&path.as_str());
             for (method, operation) in operations_mut(item) {
-                let roles: &[&str] = if method == HttpMethod::Get {
-                    &["read", "user", "admin"]
-                } else {
-                    &["user", "admin"]
+                let route = routes::ALL.iter().find(|route| {
+                    route.path == path && http_method(&route.method).as_ref() == Some(&method)
+                });
+                // An operation without a route fails the tests below; it is left as it is.
+                let Some(route) = route else { continue };
+                let Some(least) = route.access.role() else {
+                    continue;
                 };
+                let roles = roles_from(least);
                 // Alternatives: any one requirement of the list satisfies the operation.
                 let mut security = vec![SecurityRequirement::new(
                     BEARER_SCHEME,
                     roles.iter().copied(),
                 )];
-                if query_token {
+                if matches!(route.access, Access::TokenOrQuery(_)) {
                     security.push(SecurityRequirement::new(
                         QUERY_TOKEN_SCHEME,
                         roles.iter().copied(),
@@ -207,6 +205,30 @@ impl Modify for BearerAuth {
             }
         }
     }
+}
+
+/// The roles that may do what needs `least`, lowest first.
+fn roles_from(least: Role) -> &'static [&'static str] {
+    match least {
+        Role::Read => &["read", "user", "admin"],
+        Role::User => &["user", "admin"],
+        Role::Admin => &["admin"],
+    }
+}
+
+fn http_method(method: &warp::http::Method) -> Option<HttpMethod> {
+    use warp::http::Method;
+    Some(match *method {
+        Method::GET => HttpMethod::Get,
+        Method::PUT => HttpMethod::Put,
+        Method::POST => HttpMethod::Post,
+        Method::DELETE => HttpMethod::Delete,
+        Method::OPTIONS => HttpMethod::Options,
+        Method::HEAD => HttpMethod::Head,
+        Method::PATCH => HttpMethod::Patch,
+        Method::TRACE => HttpMethod::Trace,
+        _ => return None,
+    })
 }
 
 /// The operations of a path, with their methods.
@@ -262,14 +284,64 @@ impl PartialSchema for StartJobRequest {
                     .description(Some("Queue priority; a higher one runs first."))
                     .into(),
             );
+            for &(field, range) in START_LIMITS {
+                if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) {
+                    bound(property, range);
+                }
+            }
+            for (field, pattern) in [
+                (
+                    "dataset",
+                    format!("^(?:{TASK_PATTERN}|{UPLOADED_PATTERN})$"),
+                ),
+                ("tokenizer_dataset", format!("^{UPLOADED_PATTERN}$")),
+            ] {
+                if let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field) {
+                    property.pattern = Some(pattern);
+                }
+            }
             object.description = Some(
                 "Training settings: the flags of `grokforge train` as fields (`--batch-size` is \
                  `batch_size`), each optional with the default shown, plus the queue priority. \
-                 Unknown fields are refused."
+                 Unknown fields are refused, and so are numbers out of the ranges stated here. \
+                 Rules the schema cannot state are checked too (a 422 names the field): an \
+                 uploaded dataset must exist and be of the right kind, `tokenizer_dataset` needs \
+                 an uploaded `dataset`, a division task needs a prime modulus, and the heads \
+                 must divide the model width."
                     .to_string(),
             );
         }
         schema
+    }
+}
+
+/// A built-in algorithmic task as `dataset` names it: `mod-OP:P` with P from 2 to 4096.
+const TASK_PATTERN: &str =
+    "mod-(?:add|sub|mul|div|poly):(?:[2-9]|[1-9][0-9]{1,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])";
+
+/// An uploaded dataset as a spec names it: `ds:` and its id.
+const UPLOADED_PATTERN: &str = "ds:[0-9a-fA-F-]{1,64}";
+
+/// Writes `range` into a property's schema.
+fn bound(property: &mut utoipa::openapi::schema::Object, range: Range) {
+    use utoipa::Number;
+    match range {
+        Range::Integer { min, max } => {
+            property.minimum = Some(Number::Int(min as isize));
+            property.maximum = Some(Number::Int(max as isize));
+        }
+        Range::Number { min, max } => {
+            match min {
+                Some(Edge::Inclusive(m)) => property.minimum = Some(Number::Float(m)),
+                Some(Edge::Exclusive(m)) => property.exclusive_minimum = Some(Number::Float(m)),
+                None => {}
+            }
+            match max {
+                Some(Edge::Inclusive(m)) => property.maximum = Some(Number::Float(m)),
+                Some(Edge::Exclusive(m)) => property.exclusive_maximum = Some(Number::Float(m)),
+                None => {}
+            }
+        }
     }
 }
 
@@ -302,8 +374,8 @@ pub(crate) struct PhaseEntry {
 /// scraper on a trusted network).
 #[utoipa::path(
     get,
-    path = "/metrics",
-    operation_id = "metrics",
+    path = crate::routes::METRICS.path,
+    operation_id = crate::routes::METRICS.operation_id,
     tag = "node",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4.", body = String,
@@ -338,12 +410,24 @@ fn metrics() {}
 /// limited; a client too slow to keep up is dropped from the topic with a reason.
 #[utoipa::path(
     get,
-    path = "/ws",
-    operation_id = "websocket",
+    path = crate::routes::WEBSOCKET.path,
+    operation_id = crate::routes::WEBSOCKET.operation_id,
     tag = "events",
+    // The handshake of RFC 6455, which the server checks (a 426 or 400 otherwise).
+    params(
+        ("Connection" = String, Header, description = "`Upgrade`.",
+            pattern = "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$"),
+        ("Upgrade" = String, Header, description = "`websocket`.",
+            pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`.", pattern = "^13$"),
+        ("Sec-WebSocket-Key" = String, Header,
+            description = "16 random bytes in base64 (RFC 6455 §4.1).",
+            pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$"),
+    ),
     responses(
         (status = 101, description = "Switching Protocols: the connection is now a WebSocket."),
-        (status = 400, description = "An upgrade request without a Sec-WebSocket-Key.",
+        (status = 400, description = "An upgrade request without a valid Sec-WebSocket-Key \
+            (16 bytes in base64).",
             body = Problem, content_type = "application/problem+json"),
         (status = 426, description = "Not a WebSocket upgrade, or not version 13: the `Upgrade` \
             or `Sec-WebSocket-Version` header says what to send.",
@@ -365,8 +449,8 @@ fn websocket() {}
 /// The OpenAPI 3.1 description of the gateway.
 #[utoipa::path(
     get,
-    path = "/openapi.json",
-    operation_id = "openapi",
+    path = crate::routes::OPENAPI.path,
+    operation_id = crate::routes::OPENAPI.operation_id,
     tag = "meta",
     responses((status = 200, description = "The OpenAPI document.", content(("application/json")))),
 )]
@@ -412,52 +496,34 @@ mod tests {
     }
 
     #[test]
-    fn it_lists_exactly_the_routes_of_the_gateway() {
-        let expected: BTreeSet<(&str, &str)> = [
-            ("post", "/phases/{phase}/start"),
-            ("get", "/phases"),
-            ("get", "/phases/{phase}/status"),
-            ("get", "/jobs"),
-            ("get", "/jobs/{id}"),
-            ("post", "/jobs/{id}/cancel"),
-            ("get", "/jobs/{id}/events"),
-            ("get", "/models"),
-            ("get", "/models/{id}"),
-            ("delete", "/models/{id}"),
-            ("post", "/models/export"),
-            ("get", "/exports/{id}"),
-            ("post", "/datasets"),
-            ("get", "/datasets"),
-            ("get", "/datasets/{id}"),
-            ("delete", "/datasets/{id}"),
-            ("get", "/health"),
-            ("get", "/ready"),
-            ("get", "/metrics"),
-            ("get", "/cluster/nodes"),
-            ("get", "/alerts"),
-            ("get", "/monitoring"),
-            ("get", "/ws"),
-            ("get", "/openapi.json"),
-        ]
-        .into_iter()
-        .collect();
+    fn it_lists_exactly_the_documented_routes_of_the_table() {
+        let expected: BTreeSet<(String, &str, &str)> = routes::ALL
+            .iter()
+            .filter(|route| route.documented)
+            .map(|route| {
+                (
+                    route.method.as_str().to_lowercase(),
+                    route.path,
+                    route.operation_id,
+                )
+            })
+            .collect();
         let doc = doc();
         let found = operations(&doc);
-        let actual: BTreeSet<(&str, &str)> = found
+        let actual: BTreeSet<(String, &str, &str)> = found
             .iter()
-            .map(|(method, path, _)| (method.as_str(), path.as_str()))
+            .map(|(method, path, op)| {
+                (
+                    method.clone(),
+                    path.as_str(),
+                    op["operationId"].as_str().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(actual, expected);
         assert_eq!(found.len(), expected.len());
 
-        // Operation ids are unique (two handlers are called `list`, two `get`).
-        let ids: BTreeSet<&str> = found
-            .iter()
-            .map(|(_, _, op)| op["operationId"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids.len(), found.len(), "{ids:?}");
-
-        // Every path parameter is declared, with the name warp's route captures.
+        // Every path parameter is declared, with the name of the template.
         for (method, path, op) in &found {
             let declared: BTreeSet<&str> = op["parameters"]
                 .as_array()
@@ -475,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn every_route_but_health_and_ready_needs_a_bearer_token() {
+    fn every_route_that_asks_for_a_token_is_documented_with_its_roles() {
         let doc = doc();
         let scheme = &doc["components"]["securitySchemes"][BEARER_SCHEME];
         assert_eq!(scheme["type"], "http");
@@ -492,19 +558,19 @@ mod tests {
         );
 
         for (method, path, op) in operations(&doc) {
-            if PUBLIC_PATHS.contains(&path.as_str()) {
+            let route = routes::ALL
+                .iter()
+                .find(|r| r.path == path && r.method.as_str().eq_ignore_ascii_case(&method))
+                .unwrap();
+            let Some(least) = route.access.role() else {
                 assert!(op.get("security").is_none(), "{method} {path} is public");
                 assert!(op["responses"].get("401").is_none(), "{method} {path}");
                 continue;
-            }
-            let security = op["security"].as_array().unwrap();
-            let expected_roles: &[&str] = if method == "get" {
-                &["read", "user", "admin"]
-            } else {
-                &["user", "admin"]
             };
+            let security = op["security"].as_array().unwrap();
+            let expected_roles = roles_from(least);
             let mut schemes = vec![BEARER_SCHEME];
-            if path == "/ws" {
+            if matches!(route.access, Access::TokenOrQuery(_)) {
                 schemes.push(QUERY_TOKEN_SCHEME);
             }
             assert_eq!(
@@ -532,6 +598,10 @@ mod tests {
                 );
             }
         }
+        // The routes the node's probes and the WebSocket rely on.
+        assert_eq!(routes::HEALTH.access, Access::Public);
+        assert_eq!(routes::READY.access, Access::Public);
+        assert_eq!(routes::WEBSOCKET.access, Access::TokenOrQuery(Role::Read));
     }
 
     #[test]
@@ -575,6 +645,80 @@ mod tests {
         // The filter is the enum the handler accepts.
         let grokfast = &doc["components"]["schemas"]["GrokFastKind"];
         assert_eq!(grokfast["enum"], serde_json::json!(["none", "ema", "ma"]));
+    }
+
+    #[test]
+    fn the_document_states_the_bounds_the_server_enforces() {
+        let doc = doc();
+        let start = &doc["components"]["schemas"]["StartJobRequest"]["properties"];
+        // Every whole number of the start body has both ends, so none is left to its format
+        // (`int64` would admit values the server refuses, or the other way round).
+        for (field, property) in start.as_object().unwrap() {
+            if property.to_string().contains("\"integer\"") {
+                assert!(
+                    property["minimum"].is_number() && property["maximum"].is_number(),
+                    "{field}: {property}"
+                );
+            }
+        }
+        for &(field, range) in START_LIMITS {
+            let property = &start[field];
+            match range {
+                Range::Integer { min, max } => {
+                    assert_eq!(property["minimum"], min, "{field}");
+                    assert_eq!(property["maximum"], max, "{field}");
+                }
+                Range::Number { min, max } => {
+                    let key = |edge: &Edge, inclusive: &'static str, exclusive: &'static str| {
+                        match edge {
+                            Edge::Inclusive(v) => (inclusive, *v),
+                            Edge::Exclusive(v) => (exclusive, *v),
+                        }
+                    };
+                    for (edge, names) in [
+                        (min, ("minimum", "exclusiveMinimum")),
+                        (max, ("maximum", "exclusiveMaximum")),
+                    ] {
+                        if let Some(edge) = edge {
+                            let (name, value) = key(&edge, names.0, names.1);
+                            assert_eq!(property[name], value, "{field} {name}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            start["dataset"]["pattern"],
+            format!("^(?:{TASK_PATTERN}|{UPLOADED_PATTERN})$")
+        );
+        let export = &doc["components"]["schemas"]["ExportRequest"]["properties"];
+        assert_eq!(export["model_ids"]["minItems"], 1);
+        let query = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .clone()
+        };
+        for (path, name, min, max) in [
+            ("/jobs", "limit", 1, 1000),
+            ("/datasets", "limit", 1, 1000),
+            ("/alerts", "limit", 1, 1000),
+            ("/jobs/{id}/events", "since", 0, i64::MAX),
+            ("/datasets", "offset", 0, i64::MAX),
+            ("/alerts", "offset", 0, i64::MAX),
+        ] {
+            let schema = query(path, name);
+            assert_eq!(schema["minimum"], min, "{path} {name}: {schema}");
+            assert_eq!(schema["maximum"], max, "{path} {name}: {schema}");
+        }
+        // The phase without a recipe is an answer by design, and documented as one.
+        let start_op = &doc["paths"]["/phases/{phase}/start"]["post"]["responses"];
+        assert!(start_op["501"].is_object());
+        let export_op = &doc["paths"]["/models/export"]["post"]["responses"];
+        assert!(export_op["409"].is_object());
     }
 
     #[test]

@@ -112,22 +112,29 @@ pub struct Rejected(pub Problem);
 impl warp::reject::Reject for Rejected {}
 
 /// Turns warp's rejections into problem details; nothing leaves the gateway as a bare 404/500.
+/// (A request for no route never gets here: `routes::no_route` answers it, with `Allow` on a
+/// 405.)
 pub async fn recover(rejection: warp::Rejection) -> Result<Problem, Infallible> {
+    use warp::reject::{
+        InvalidHeader, InvalidQuery, LengthRequired, MissingHeader, PayloadTooLarge,
+        UnsupportedMediaType,
+    };
     let problem = if let Some(Rejected(problem)) = rejection.find::<Rejected>() {
         problem.clone()
     } else if rejection.is_not_found() {
         Problem::new(StatusCode::NOT_FOUND, "no such route")
-    } else if let Some(e) = rejection.find::<warp::reject::InvalidQuery>() {
-        // Before MethodNotAllowed: a route whose method matched refused the query, while
-        // another route on the same path (`GET` beside `POST /datasets`) refused the method.
+    } else if let Some(e) = rejection.find::<InvalidQuery>() {
         Problem::new(StatusCode::BAD_REQUEST, e.to_string())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this route",
-        )
-    } else if let Some(e) = rejection.find::<warp::reject::PayloadTooLarge>() {
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        Problem::new(StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = rejection.find::<MissingHeader>() {
+        Problem::new(StatusCode::BAD_REQUEST, e.to_string())
+    } else if let Some(e) = rejection.find::<LengthRequired>() {
+        Problem::new(StatusCode::LENGTH_REQUIRED, e.to_string())
+    } else if let Some(e) = rejection.find::<PayloadTooLarge>() {
         Problem::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+    } else if let Some(e) = rejection.find::<UnsupportedMediaType>() {
+        Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.to_string())
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
@@ -147,4 +154,32 @@ pub fn json_or_problem(result: Result<impl Serialize, Problem>, status: StatusCo
 pub fn parse_id(kind: &str, id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id)
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, format!("{kind} {id} not found")))
+}
+
+/// The largest value of an unsigned query parameter or body field: what JSON Schema's `int64`
+/// format (which the document declares for them) can hold.
+pub const MAX_INT64: u64 = i64::MAX as u64;
+
+/// `value` when it lies in `range`, else a 422 naming `field`, for a number the document
+/// bounds (`minimum`/`maximum`), so the server refuses exactly what the document does.
+pub fn in_range<T>(
+    field: &'static str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, Problem>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    Err(Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!(
+            "`{field}` must be {} to {}, found {value}",
+            range.start(),
+            range.end()
+        ),
+    )
+    .with("field", field))
 }

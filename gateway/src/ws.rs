@@ -120,10 +120,13 @@ fn check_handshake(
         )
         .with_header("sec-websocket-version", "13"));
     }
-    let Some(key) = headers.get("sec-websocket-key") else {
+    let key = headers
+        .get("sec-websocket-key")
+        .filter(|key| is_handshake_key(key.as_bytes()));
+    let Some(key) = key else {
         return Err(Problem::new(
             StatusCode::BAD_REQUEST,
-            "a WebSocket upgrade needs a Sec-WebSocket-Key header",
+            "a WebSocket upgrade needs a Sec-WebSocket-Key header: 16 random bytes in base64",
         ));
     };
     let Some(on_upgrade) = on_upgrade else {
@@ -138,10 +141,23 @@ fn check_handshake(
     })
 }
 
+/// Whether `key` is what RFC 6455 §4.1 asks a client to send: 16 bytes in base64, which is 22
+/// characters, the last of them carrying 2 bits (so one of `AQgw`), then `==`.
+fn is_handshake_key(key: &[u8]) -> bool {
+    let base64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..21].iter().all(base64)
+        && b"AQgw".contains(&key[21])
+        && &key[22..] == b"=="
+}
+
 /// Admits the connection with the hub, then upgrades.
+///
+/// `caller` is `None` only if the route is declared open to anyone (`routes::WEBSOCKET` asks for
+/// a token): such a session may subscribe to no topic that needs a role.
 pub async fn upgrade(
     handshake: Handshake,
-    principal: Principal,
+    caller: Option<Principal>,
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
     let connection = state
@@ -169,7 +185,7 @@ pub async fn upgrade(
                     Some(config),
                 )
                 .await;
-                Session::new(state, principal, connection).run(socket).await;
+                Session::new(state, caller, connection).run(socket).await;
             }
             // Dropping `connection` takes it off the hub.
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
@@ -219,7 +235,7 @@ impl Ending {
 
 struct Session {
     state: Arc<GatewayState>,
-    principal: Principal,
+    caller: Option<Principal>,
     connection: Connection,
     /// Per job topic, the last sequence number sent: queued frames at or below it are replays'
     /// duplicates.
@@ -252,10 +268,10 @@ async fn read_client(
 }
 
 impl Session {
-    fn new(state: Arc<GatewayState>, principal: Principal, connection: Connection) -> Session {
+    fn new(state: Arc<GatewayState>, caller: Option<Principal>, connection: Connection) -> Session {
         Session {
             state,
-            principal,
+            caller,
             connection,
             sent_up_to: HashMap::new(),
         }
@@ -269,7 +285,10 @@ impl Session {
         let hello = ControlFrame::ConnectionEstablished {
             connection_id: self.connection.id(),
             node_id: self.state.node_id.clone(),
-            role: role_name(self.principal.role).to_string(),
+            role: self
+                .caller
+                .map_or("anonymous", |caller| role_name(caller.role))
+                .to_string(),
             schema_version: SCHEMA_VERSION,
             max_subscriptions: limits.max_subscriptions as u64,
             max_message_bytes: limits.max_message_bytes as u64,
@@ -491,7 +510,7 @@ impl Session {
             Ok(topic) => topic,
             Err(message) => return Ok(Some(topic_error(&name, message))),
         };
-        if topic == Topic::AdminAlerts && !self.principal.may(Role::Admin) {
+        if topic == Topic::AdminAlerts && !self.caller.is_some_and(|c| c.may(Role::Admin)) {
             return Ok(Some(topic_error(
                 &name,
                 "admin_alerts needs the admin role".to_string(),

@@ -276,7 +276,7 @@ const UNFINISHED: &str = "('queued', 'running', 'interrupted')";
 /// A dataset name: what a person calls it; shown, never used as a path.
 pub fn validate_name(name: &str) -> Result<(), StorageError> {
     let ok = !name.is_empty()
-        && name.len() <= 128
+        && name.chars().count() <= 128
         && name.trim() == name
         && !name.chars().any(char::is_control);
     if ok {

@@ -305,6 +305,14 @@ impl TrainSpec {
             ));
         }
         self.grokfast_config().validate()?;
+        // The model's shape (heads dividing the width), so a job that could never build its
+        // model is refused rather than queued; the dataset's vocabulary and length, which it
+        // takes later, are positive by construction.
+        let mut shape = self.preset.config();
+        shape.vocab_size = 1;
+        shape.max_seq_len = 1;
+        self.apply_size_overrides(&mut shape);
+        shape.validate()?;
         crate::device::parse_device(&self.device).map(|_| ())
     }
 
@@ -371,6 +379,12 @@ impl TrainSpec {
         let mut config = self.preset.config();
         config.vocab_size = dataset.vocab_size;
         config.max_seq_len = dataset.seq_len;
+        self.apply_size_overrides(&mut config);
+        config
+    }
+
+    /// `d_model`, `n_layers`, `n_heads` and `d_ff`, where the spec sets them.
+    fn apply_size_overrides(&self, config: &mut TransformerConfig) {
         if let Some(d) = self.d_model {
             config.d_model = d;
         }
@@ -383,7 +397,6 @@ impl TrainSpec {
         if let Some(ff) = self.d_ff {
             config.d_ff = Some(ff);
         }
-        config
     }
 
     /// The fully resolved settings of variant `variant` on `dataset`.
@@ -542,6 +555,14 @@ mod tests {
             }
             .validate()
             .is_err()
+        );
+        bad(
+            TrainSpec {
+                d_model: Some(100),
+                n_heads: Some(3),
+                ..Default::default()
+            },
+            "n_heads",
         );
         assert!(
             TrainSpec {

@@ -362,7 +362,10 @@ impl DatasetServiceState {
         let text_field = match (request.kind, request.text_field) {
             (DatasetKind::Jsonl, field) => {
                 let field = field.unwrap_or_else(|| "text".to_string());
-                if field.is_empty() || field.len() > 128 || field.chars().any(char::is_control) {
+                if field.is_empty()
+                    || field.chars().count() > 128
+                    || field.chars().any(char::is_control)
+                {
                     return Err(DatasetError::BadParameter {
                         field: "text_field",
                         reason: "1 to 128 characters, no control characters".into(),
