@@ -144,6 +144,19 @@ fn signed(received: &Received) -> bool {
     header == format!("sha256={expected}")
 }
 
+/// Queues a cognate job; its id.
+async fn start_job(base: &str, body: &Value) -> String {
+    let response = client()
+        .post(format!("{base}/phases/cognate/start"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    job["id"].as_str().unwrap().to_string()
+}
+
 /// A job that goes NaN within a few steps: a learning rate no optimizer survives.
 fn diverging() -> Value {
     json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
@@ -172,17 +185,7 @@ async fn a_diverging_job_fails_for_good_and_its_alert_reaches_admins_and_webhook
     let refused = reader.next_json(Duration::from_secs(5)).await;
     assert_eq!(refused["type"], "error", "{refused}");
 
-    let response = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(&diverging())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = start_job(&base, &diverging()).await;
 
     // The job stops at the step whose loss is not finite and fails at once, naming the step
     // and the value; it is not retried (the same seed would diverge the same way).
@@ -326,16 +329,8 @@ async fn a_job_without_progress_for_the_rules_threshold_fires_stalled_and_resolv
     let body = json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2,
                       "d_ff": 32, "batch_size": 16, "steps": 100_000, "variants": 1,
                       "threads": 1});
-    let job: Value = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = job["id"].as_str().unwrap();
+    let id = start_job(&base, &body).await;
+    let id = id.as_str();
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let frame = admin.next_json(Duration::from_secs(15)).await;
@@ -374,16 +369,7 @@ async fn with_stop_on_divergence_off_a_diverging_job_trains_to_the_end_and_still
     admin.subscribe("admin_alerts", None).await;
     let mut body = diverging();
     body["steps"] = json!(120);
-    let job: Value = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = job["id"].as_str().unwrap().to_string();
+    let id = start_job(&base, &body).await;
     let job = wait_for("the job to end", Duration::from_secs(60), || async {
         let job = get_json(&format!("{base}/jobs/{id}")).await;
         matches!(job["status"].as_str(), Some("completed" | "failed")).then_some(job)

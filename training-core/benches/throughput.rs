@@ -54,9 +54,10 @@
 //! at the end Markdown tables with the ratios against PyTorch and the filters' overhead.
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -72,6 +73,7 @@ use grokforge_training_core::{
 use serde_json::{Value, json};
 
 use common::{backend_impl, env_list, env_value, logical_cpus};
+use support::TorchPython;
 
 /// Set by the parent on the worker processes it starts.
 const WORKER_THREADS: &str = "GROKFORGE_BENCH_WORKER_THREADS";
@@ -415,7 +417,7 @@ fn parent_main(settings: &Settings) -> Result<(), String> {
     println!("# settings: {settings:?}");
     let python = match settings.pytorch {
         PytorchMode::Off => None,
-        mode => match find_torch_python() {
+        mode => match TorchPython::find() {
             Ok(python) => Some(python),
             Err(reason) if mode == PytorchMode::Required => return Err(reason),
             Err(reason) => {
@@ -528,66 +530,6 @@ fn run_and_collect(
         return Err(format!("the {what} failed: {status}"));
     }
     Ok(measurements)
-}
-
-/// The python of the LibTorch virtualenv (`scripts/libtorch-env.sh`) and, for its cpu flavour,
-/// the CUDA stand-in libraries `scripts/torch-python.sh` built so `import torch` loads.
-struct TorchPython {
-    python: PathBuf,
-    stubs: Option<PathBuf>,
-}
-
-impl TorchPython {
-    fn command(&self) -> Command {
-        let mut command = Command::new(&self.python);
-        if let Some(stubs) = &self.stubs {
-            let mut path = stubs.display().to_string();
-            if let Ok(old) = std::env::var("LD_LIBRARY_PATH") {
-                path = format!("{path}:{old}");
-            }
-            command.env("LD_LIBRARY_PATH", path);
-        }
-        command
-    }
-}
-
-fn find_torch_python() -> Result<TorchPython, String> {
-    let python = if let Ok(python) = std::env::var("GROKFORGE_TORCH_PYTHON") {
-        TorchPython {
-            python: PathBuf::from(python),
-            stubs: None,
-        }
-    } else {
-        let libtorch = std::env::var("LIBTORCH")
-            .ok()
-            .or_else(|| option_env!("LIBTORCH").map(str::to_string))
-            .ok_or("LIBTORCH is not set (run `eval \"$(scripts/libtorch-env.sh)\"` first)")?;
-        // $venv/lib/python3.X/site-packages/torch
-        let venv = Path::new(&libtorch)
-            .ancestors()
-            .nth(4)
-            .ok_or("LIBTORCH is not inside a virtualenv")?;
-        let stubs = venv.join("grokforge-cuda-stubs");
-        TorchPython {
-            python: venv.join("bin/python"),
-            stubs: stubs.is_dir().then_some(stubs),
-        }
-    };
-    let probe = python
-        .command()
-        .args(["-c", "import torch"])
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.python.display()))?;
-    if !probe.status.success() {
-        let stderr = String::from_utf8_lossy(&probe.stderr);
-        return Err(format!(
-            "{} cannot import torch (run scripts/torch-python.sh): {}",
-            python.python.display(),
-            stderr.lines().last().unwrap_or("")
-        ));
-    }
-    Ok(python)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! What the PyTorch comparisons share: finding a python that imports torch ([`TorchPython`]) and
 //! replaying grokforge runs in PyTorch ([`paired`]). Used by `tests/pytorch_export.rs`,
-//! `tests/pytorch_trajectory.rs` and `benches/trajectory.rs` (through `#[path]`).
+//! `tests/pytorch_trajectory.rs`, `benches/trajectory.rs` and `benches/throughput.rs` (through
+//! `#[path]`).
 
 #![allow(dead_code)] // each test and bench binary uses its own part of this module
 
