@@ -71,6 +71,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     tracing::debug!(?heap, "heap policy");
+    // Fault injection for the crash-at-any-point checks (RELIABILITY.md).
+    if let Some(spec) = std::env::var_os("GROKFORGE_CRASH_AT") {
+        match grokforge_config::crashpoint::parse(&spec.to_string_lossy()) {
+            Ok(plan) => {
+                tracing::warn!(
+                    ?plan,
+                    "GROKFORGE_CRASH_AT: this process signals itself there"
+                );
+                grokforge_config::crashpoint::arm(plan);
+            }
+            Err(error) => {
+                eprintln!("grokforge: GROKFORGE_CRASH_AT: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let result = match cli.command {
         Command::Train(args) => train_cmd::run(*args),
         Command::Models(args) => models_cmd::run(args),

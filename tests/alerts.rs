@@ -199,7 +199,7 @@ async fn a_diverging_job_fails_for_good_and_its_alert_reaches_admins_and_webhook
     let error = job["error"].as_str().unwrap();
     assert!(error.contains("loss is not finite at step"), "{error}");
     // The failure says where, in fields a program reads.
-    let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let events = get_json(&format!("{base}/jobs/{id}/events?since=0&limit=10000")).await;
     let failure = events
         .as_array()
         .unwrap()
@@ -385,7 +385,7 @@ async fn with_stop_on_divergence_off_a_diverging_job_trains_to_the_end_and_still
 
     // Its log kept every step it reported, the losses that are not numbers included, and
     // reads back whole (JSON has no NaN: they are strings).
-    let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let events = get_json(&format!("{base}/jobs/{id}/events?since=0&limit=10000")).await;
     let losses: Vec<&Value> = events
         .as_array()
         .unwrap()

@@ -353,7 +353,11 @@ async fn queued_jobs_spread_over_idle_nodes_and_none_runs_twice() {
     for id in &ids {
         let done = wait_status(&cluster.base(0), id, "completed", Duration::from_secs(180)).await;
         assert_eq!(done["attempts"], 1, "{done}");
-        let events = get_json(&format!("{}/jobs/{id}/events?since=0", cluster.base(0))).await;
+        let events = get_json(&format!(
+            "{}/jobs/{id}/events?since=0&limit=10000",
+            cluster.base(0)
+        ))
+        .await;
         let starts: Vec<&Value> = events
             .as_array()
             .unwrap()
@@ -402,7 +406,7 @@ async fn a_job_whose_node_is_killed_resumes_on_a_survivor_with_identical_weights
     cluster.converge().await;
     let done = wait_status(&base, &id, "completed", Duration::from_secs(180)).await;
     assert_eq!(done["attempts"], 2, "{done:#}");
-    let events = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let events = get_json(&format!("{base}/jobs/{id}/events?since=0&limit=10000")).await;
     let starts: Vec<&Value> = events
         .as_array()
         .unwrap()
@@ -720,7 +724,7 @@ async fn a_node_stopped_with_sigterm_hands_its_job_over_at_once() {
     .await;
     assert!(job["last_checkpoint_path"].is_string(), "{job}");
     let done = wait_status(&survivor, &id, "completed", Duration::from_secs(180)).await;
-    let events = get_json(&format!("{survivor}/jobs/{id}/events?since=0")).await;
+    let events = get_json(&format!("{survivor}/jobs/{id}/events?since=0&limit=10000")).await;
     let checkpoint = events
         .as_array()
         .unwrap()

@@ -232,7 +232,10 @@ async fn a_client_that_reconnects_with_since_gets_exactly_what_it_missed() {
         "more events while disconnected",
         Duration::from_secs(60),
         || async {
-            let events = get_json(&format!("{base}/jobs/{id}/events?since={missed_from}")).await;
+            let events = get_json(&format!(
+                "{base}/jobs/{id}/events?since={missed_from}&limit=10000"
+            ))
+            .await;
             (events.as_array().unwrap().len() >= 3).then_some(())
         },
     )
@@ -244,7 +247,7 @@ async fn a_client_that_reconnects_with_since_gets_exactly_what_it_missed() {
     let frames = collect_until(&mut second, Duration::from_secs(120), is_terminal).await;
     seen.extend(frames.iter().map(|f| f["seq"].as_u64().unwrap()));
 
-    let log = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let log = get_json(&format!("{base}/jobs/{id}/events?since=0&limit=10000")).await;
     let logged: Vec<u64> = log
         .as_array()
         .unwrap()
@@ -576,7 +579,7 @@ async fn a_slow_client_is_dropped_without_hurting_the_others() {
     let frames = fast.await.unwrap();
     assert_eq!(frames.last().unwrap()["type"], "training_completed");
     let seqs: Vec<u64> = frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect();
-    let logged = get_json(&format!("{base}/jobs/{id}/events?since=0")).await;
+    let logged = get_json(&format!("{base}/jobs/{id}/events?since=0&limit=10000")).await;
     let logged: Vec<u64> = logged
         .as_array()
         .unwrap()

@@ -66,7 +66,11 @@ async fn a_job_killed_with_sigkill_resumes_from_its_checkpoint_and_ends_with_ide
             .unwrap()
             .contains("interrupted")
     );
-    let events = get_json(&format!("{}/jobs/{id}/events?since=0", server.base)).await;
+    let events = get_json(&format!(
+        "{}/jobs/{id}/events?since=0&limit=10000",
+        server.base
+    ))
+    .await;
     let events = events.as_array().unwrap();
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(

@@ -129,6 +129,7 @@ impl Node {
             directory: directory.clone(),
             database: database.clone(),
             data_dir: data_dir.clone(),
+            artifacts_dir: settings.artifacts_dir(),
             bridge: bridge_shared.clone(),
             api_listening: api_listening.clone(),
             timeout: settings.monitoring.health_check_timeout(),

@@ -108,6 +108,7 @@ async fn events(node: &Node, id: Uuid, since: u64) -> Vec<EventEnvelope> {
             |reply| TrainingServiceMessage::JobEvents {
                 job_id: id,
                 since,
+                limit: grokforge_actors::services::training::MAX_EVENTS_PAGE,
                 reply,
             },
             CALL,

@@ -11,6 +11,7 @@
 //! [`ConfigManager`] offers the seed's views over the settings: per-service timeouts
 //! ([`ConfigManager::service_config`]) and the resolved database and message-broker choices.
 
+pub mod crashpoint;
 mod error;
 mod load;
 mod manager;

@@ -74,19 +74,13 @@ def draw_curves(progress: Iterable[Progress], path: str | os.PathLike, title: st
 
 
 def progress_from_log(client: Client, job_id: str) -> list[Progress]:
-    """The `training_progress` data of the job's event log (`GET /jobs/{id}/events`), read in
-    pages: each call returns what follows the last sequence number seen."""
-    progress: list[Progress] = []
-    since = 0
-    while True:
-        page = client.events(job_id, since=since)
-        if not page:
-            return progress
-        for envelope in page:
-            event = envelope["event"]
-            if event["type"] == "training_progress":
-                progress.append(event["data"])
-        since = page[-1]["seq"]
+    """The `training_progress` data of the job's event log (`GET /jobs/{id}/events`, which the
+    client reads page by page)."""
+    return [
+        envelope["event"]["data"]
+        for envelope in client.events(job_id)
+        if envelope["event"]["type"] == "training_progress"
+    ]
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use grokforge_actors::services::training::{PhaseSummary, TrainingError, TrainingServiceMessage};
+use grokforge_actors::services::training::{
+    MAX_EVENTS_PAGE, PhaseSummary, TrainingError, TrainingServiceMessage,
+};
 use grokforge_actors::storage::jobs::{JobFilter, JobRecord, JobStatus};
 use grokforge_actors::training_core::{Phase, PhaseError, TrainSpec, phases_with_recipe};
 use grokforge_actors::{EventEnvelope, names};
@@ -307,39 +309,7 @@ pub async fn start(
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
     let result = async {
-        let phase = parse_phase(&phase)?;
-        let mut fields: serde_json::Map<String, serde_json::Value> =
-            if body.iter().all(u8::is_ascii_whitespace) {
-                serde_json::Map::new()
-            } else {
-                serde_json::from_slice(&body).map_err(|e| {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("the body is not a JSON object: {e}"),
-                    )
-                })?
-            };
-        check_start_limits(&mut fields)?;
-        let priority = match fields.remove("priority") {
-            None | Some(serde_json::Value::Null) => 0,
-            Some(value) => value.as_i64().ok_or_else(|| {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "`priority` must be an integer",
-                )
-                .with("field", "priority")
-            })?,
-        };
-        // serde_path_to_error names the offending field (`steps`), which serde alone does not.
-        let spec: TrainSpec = serde_path_to_error::deserialize(serde_json::Value::Object(fields))
-            .map_err(|e| {
-            let field = e.path().to_string();
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("`{field}`: {}", e.inner()),
-            )
-            .with("field", field)
-        })?;
+        let (phase, spec, priority) = parse_start_body(&phase, &body)?;
         call(&state, |reply| TrainingServiceMessage::StartJob {
             phase,
             spec: Box::new(spec),
@@ -350,6 +320,48 @@ pub async fn start(
     }
     .await;
     Ok(json_or_problem(result, StatusCode::ACCEPTED))
+}
+
+/// Parses and checks a start request: the phase of its path, then its body — a JSON object (or
+/// nothing) within the documented limits that is a valid [`TrainSpec`] plus `priority`. A 404
+/// for an unknown phase, 400 for a body that is no JSON object, 422 naming the field otherwise.
+/// (The training service checks the rest: the phase's recipe, the spec's consistency, that no
+/// field names a file.)
+pub fn parse_start_body(phase: &str, body: &[u8]) -> Result<(Phase, TrainSpec, i64), Problem> {
+    let phase = parse_phase(phase)?;
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        if body.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Map::new()
+        } else {
+            serde_json::from_slice(body).map_err(|e| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not a JSON object: {e}"),
+                )
+            })?
+        };
+    check_start_limits(&mut fields)?;
+    let priority = match fields.remove("priority") {
+        None | Some(serde_json::Value::Null) => 0,
+        Some(value) => value.as_i64().ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "`priority` must be an integer",
+            )
+            .with("field", "priority")
+        })?,
+    };
+    // serde_path_to_error names the offending field (`steps`), which serde alone does not.
+    let spec: TrainSpec = serde_path_to_error::deserialize(serde_json::Value::Object(fields))
+        .map_err(|e| {
+            let field = e.path().to_string();
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("`{field}`: {}", e.inner()),
+            )
+            .with("field", field)
+        })?;
+    Ok((phase, spec, priority))
 }
 
 /// List the phases
@@ -548,11 +560,22 @@ pub struct EventsQuery {
     #[serde(default)]
     #[param(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     since: u64,
+    /// At most this many events (1 to 10000; default 1000). A full page may have more after
+    /// it: ask again with `since` set to the last event's `seq`.
+    #[serde(default = "default_events_limit")]
+    #[param(minimum = 1, maximum = 10_000, default = 1000)]
+    limit: u64,
+}
+
+fn default_events_limit() -> u64 {
+    1000
 }
 
 /// A job's event log
 ///
-/// The job's event log after `since`, as the envelopes that were published, in sequence order.
+/// The job's event log after `since`, as the envelopes that were published, in sequence order,
+/// a page of at most `limit` at a time: a client reads a long log by asking again from the
+/// last `seq` it got until a page is shorter than `limit`.
 #[utoipa::path(
     get,
     path = crate::routes::JOB_EVENTS.path,
@@ -566,7 +589,7 @@ pub struct EventsQuery {
             body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No job with this id (or the id is not a UUID).",
             body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`since` is out of range; `field` names it.",
+        (status = 422, description = "`since` or `limit` is out of range; `field` names it.",
             body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The training service is unavailable (no answer in time, or \
             restarting).",
@@ -579,12 +602,18 @@ pub async fn events(
     query: EventsQuery,
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
-    let result = match parse_id("job", &id)
-        .and_then(|job_id| Ok((job_id, in_range("since", query.since, 0..=MAX_INT64)?)))
-    {
-        Ok((job_id, since)) => call(&state, |reply| TrainingServiceMessage::JobEvents {
+    let max_page = u64::from(MAX_EVENTS_PAGE);
+    let result = match parse_id("job", &id).and_then(|job_id| {
+        Ok((
+            job_id,
+            in_range("since", query.since, 0..=MAX_INT64)?,
+            in_range("limit", query.limit, 1..=max_page)?,
+        ))
+    }) {
+        Ok((job_id, since, limit)) => call(&state, |reply| TrainingServiceMessage::JobEvents {
             job_id,
             since,
+            limit: limit as u32,
             reply,
         })
         .await

@@ -22,6 +22,7 @@ mod metrics;
 mod models;
 pub mod openapi;
 pub mod problem;
+pub mod request_id;
 pub mod routes;
 pub mod ws;
 
@@ -41,7 +42,8 @@ use tokio_util::sync::CancellationToken;
 use warp::Filter;
 
 pub use auth::Tokens;
-pub use models::ListBodies;
+pub use jobs::parse_start_body;
+pub use models::{ExportOrder, ListBodies, parse_export_body};
 pub use ws::WebSocketLimits;
 
 /// What the handlers need from the node.
@@ -370,23 +372,77 @@ pub fn listen(bind: std::net::SocketAddr, send_buffer_bytes: u64) -> std::io::Re
 /// Serves `routes` on `listener` until `shutdown` resolves, then stops accepting, closes the
 /// WebSocket sessions and lets in-flight requests finish. `listening` is true while
 /// connections are accepted.
+///
+/// The accept loop is warp's own (`warp::serve(..).graceful(..)`), less one thing warp cannot
+/// do: each request runs in its [`request_id::scope`], and its response carries the id.
 pub async fn serve(
     listener: TcpListener,
     state: GatewayState,
     listening: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use tower_service::Service;
+
     let sessions = state.shutdown.clone();
+    let service = warp::service(routes(state));
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
     listening.store(true, Ordering::Release);
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(async move {
-            shutdown.await;
-            sessions.cancel();
-        })
-        .run()
-        .await;
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = service.clone();
+        let per_request = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            let id = request_id::RequestId::from_headers(request.headers());
+            let header = id.header_value();
+            // Boxed: the filter chain's future type is too deep to nest in another one.
+            let response: std::pin::Pin<
+                Box<dyn Future<Output = Result<warp::reply::Response, Infallible>> + Send>,
+            > = Box::pin(service.clone().call(request));
+            request_id::scope(id, async move {
+                let Ok(mut response) = response.await;
+                response.headers_mut().insert(request_id::HEADER, header);
+                Ok::<_, Infallible>(response)
+            })
+        });
+        let connection = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(stream), per_request)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
     listening.store(false, Ordering::Release);
+    drop(listener);
+    sessions.cancel();
+    connections.shutdown().await;
+}
+
+/// An accept that failed for the listener rather than for one connection (out of file
+/// descriptors, say) is logged and retried after a second, as warp does.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept connections; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 #[cfg(test)]

@@ -276,34 +276,11 @@ pub async fn export(
     state: Arc<GatewayState>,
 ) -> Result<Response, warp::Rejection> {
     let result = async {
-        let request: ExportRequest =
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-                .map_err(|e| {
-                    let field = e.path().to_string();
-                    Problem::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("`{field}`: {}", e.inner()),
-                    )
-                    .with("field", field)
-                })?;
-        if request.model_ids.is_empty() {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "`model_ids` must name at least one model",
-            )
-            .with("field", "model_ids"));
-        }
-        let format =
-            ExportFormat::parse(request.format.as_deref().unwrap_or("all")).map_err(|e| {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-                    .with("field", "format")
-            })?;
-        let compression = if request.compression.unwrap_or(true) {
-            Compression::Deflate
-        } else {
-            Compression::None
-        };
-        let model_ids = request.model_ids;
+        let ExportOrder {
+            model_ids,
+            format,
+            compression,
+        } = parse_export_body(&body)?;
         call(&state, |reply| ModelServiceMessage::Export {
             model_ids,
             format,
@@ -314,6 +291,49 @@ pub async fn export(
     }
     .await;
     Ok(json_or_problem(result, StatusCode::ACCEPTED))
+}
+
+/// What a valid `POST /models/export` body asks for.
+#[derive(Debug)]
+pub struct ExportOrder {
+    pub model_ids: Vec<Uuid>,
+    pub format: ExportFormat,
+    pub compression: Compression,
+}
+
+/// Parses and checks a `POST /models/export` body: a 422 naming the field when it is invalid.
+pub fn parse_export_body(body: &[u8]) -> Result<ExportOrder, Problem> {
+    let request: ExportRequest = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_slice(body),
+    )
+    .map_err(|e| {
+        let field = e.path().to_string();
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`{field}`: {}", e.inner()),
+        )
+        .with("field", field)
+    })?;
+    if request.model_ids.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "`model_ids` must name at least one model",
+        )
+        .with("field", "model_ids"));
+    }
+    let format = ExportFormat::parse(request.format.as_deref().unwrap_or("all")).map_err(|e| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).with("field", "format")
+    })?;
+    let compression = if request.compression.unwrap_or(true) {
+        Compression::Deflate
+    } else {
+        Compression::None
+    };
+    Ok(ExportOrder {
+        model_ids: request.model_ids,
+        format,
+        compression,
+    })
 }
 
 /// Download an export

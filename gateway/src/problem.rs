@@ -16,6 +16,7 @@ use warp::reply::{Reply, Response};
     "title": "Not Found",
     "status": 404,
     "detail": "unknown phase `cognat`",
+    "request_id": "019ad6f3-8c1e-7b52-9d0e-6c1f4a2b3c4d",
     "valid_phases": ["cognate", "evomerge"]
 }))]
 pub struct Problem {
@@ -29,7 +30,9 @@ pub struct Problem {
     /// What went wrong, for a person.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Problem-specific members (RFC 9457 §3.2), e.g. the list of valid phases.
+    /// Problem-specific members (RFC 9457 §3.2), e.g. the list of valid phases. Every problem
+    /// the gateway answers has `request_id`: the request's id, also in its `X-Request-Id`
+    /// response header and in every log line the request wrote — what to quote to an operator.
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
     /// Response headers beyond the content type; boxed, because most problems have none and
@@ -83,8 +86,21 @@ impl Problem {
 }
 
 impl warp::Reply for Problem {
-    fn into_response(self) -> Response {
+    /// The body names the request (when rendered inside one, see [`crate::request_id`]), and
+    /// the problem is logged in the request's span: a 5xx as a warning, a 4xx at info.
+    fn into_response(mut self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Some(id) = crate::request_id::current() {
+            self.extensions
+                .entry("request_id")
+                .or_insert_with(|| id.as_str().into());
+        }
+        let detail = self.detail.as_deref().unwrap_or("");
+        if status.is_server_error() {
+            tracing::warn!(status = self.status, detail, "answered with a problem");
+        } else {
+            tracing::info!(status = self.status, detail, "answered with a problem");
+        }
         let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = Response::new(body.into());
         *response.status_mut() = status;

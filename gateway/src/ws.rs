@@ -52,6 +52,8 @@ use crate::problem::{Problem, Rejected};
 
 /// Frames written per flush, at most.
 const MAX_BATCH: usize = 64;
+/// Events read from a job's log per call while replaying it to a client.
+const REPLAY_PAGE: u32 = 1000;
 
 /// Each connection's read buffer. Clients send small control frames; a longer one (up to the
 /// message limit) grows the buffer as it arrives. tungstenite's default, 128 KiB, is touched in
@@ -541,21 +543,19 @@ impl Session {
             }));
         };
 
-        // Registered first, read second: see the module docs.
-        let log = self
+        // Registered first, read second: see the module docs. The job's record says how far
+        // its log goes now; that much is replayed from the log, a page at a time (a log of a
+        // million events never sits in memory whole), and whatever comes after arrives live.
+        let record = self
             .state
             .call_service(
                 names::TRAINING_SERVICE,
-                |reply| TrainingServiceMessage::JobEvents {
-                    job_id: job,
-                    since: since.unwrap_or(u64::MAX),
-                    reply,
-                },
+                |reply| TrainingServiceMessage::GetJob(job, reply),
                 crate::jobs::training_problem,
             )
             .await;
-        let events = match log {
-            Ok(events) => events,
+        let end = match record {
+            Ok(record) => record.last_event_seq,
             Err(problem) => {
                 self.connection.unsubscribe(&topic);
                 let detail = problem.detail.unwrap_or(problem.title);
@@ -572,23 +572,59 @@ impl Session {
         };
         let confirmed = ControlFrame::SubscriptionConfirmed {
             topic: name.clone(),
-            replayed: Some(events.len() as u64),
+            replayed: Some(end.saturating_sub(since)),
         };
         self.send(sink, confirmed.to_json()).await?;
         let mut last = since;
-        for event in events {
-            let envelope: EventEnvelope = match serde_json::from_value(event.envelope) {
-                Ok(envelope) => envelope,
-                Err(error) => {
-                    tracing::error!(%job, seq = event.seq, %error, "unreadable event in the job log");
-                    continue;
+        while last < end {
+            let page = self
+                .state
+                .call_service(
+                    names::TRAINING_SERVICE,
+                    |reply| TrainingServiceMessage::JobEvents {
+                        job_id: job,
+                        since: last,
+                        limit: REPLAY_PAGE,
+                        reply,
+                    },
+                    crate::jobs::training_problem,
+                )
+                .await;
+            let events = match page {
+                Ok(events) => events,
+                Err(problem) => {
+                    // The client has the events up to `last`; it resubscribes from there.
+                    self.connection.unsubscribe(&topic);
+                    self.sent_up_to.remove(&job);
+                    let detail = problem.detail.unwrap_or(problem.title);
+                    return Ok(Some(topic_error(
+                        &name,
+                        format!("the replay stopped after seq {last}: {detail}"),
+                    )));
                 }
             };
-            match encode_event_frame(&name, &envelope) {
-                Ok(text) => self.send(sink, text).await?,
-                Err(error) => tracing::error!(%job, seq = event.seq, %error, "cannot encode event"),
+            let Some(page_end) = events.last().map(|event| event.seq) else {
+                break;
+            };
+            for event in events.into_iter().take_while(|event| event.seq <= end) {
+                let envelope: EventEnvelope = match serde_json::from_value(event.envelope) {
+                    Ok(envelope) => envelope,
+                    Err(error) => {
+                        tracing::error!(%job, seq = event.seq, %error, "unreadable event in the job log");
+                        continue;
+                    }
+                };
+                match encode_event_frame(&name, &envelope) {
+                    Ok(text) => self.send(sink, text).await?,
+                    Err(error) => {
+                        tracing::error!(%job, seq = event.seq, %error, "cannot encode event")
+                    }
+                }
             }
-            last = last.max(event.seq);
+            last = page_end.min(end).max(last);
+            if page_end >= end {
+                break;
+            }
         }
         self.sent_up_to.insert(job, last);
         Ok(None)

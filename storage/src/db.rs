@@ -76,6 +76,9 @@ impl Database {
                         path: parent.to_path_buf(),
                         source,
                     })?;
+                    // SQLite writes its journal beside the file: a directory it cannot write
+                    // in is named now, not met as "unable to open database file" later.
+                    crate::fs::probe_writable(parent)?;
                 }
                 let options = SqliteConnectOptions::new()
                     .filename(path)

@@ -398,6 +398,9 @@ impl ModelRegistry {
                 .map(|f| (f.name.clone(), f.bytes.as_slice()))
                 .collect();
             let result = store.write_model_files(id, &named);
+            if result.is_ok() {
+                grokforge_config::crashpoint::reached(grokforge_config::crashpoint::MODEL_FILES);
+            }
             if result.is_err() {
                 let _ = store.remove_model(id);
             }

@@ -122,7 +122,7 @@ def test_train_watch_export_and_download(page: Page, base_url, node, artifacts, 
 
     expect(status).to_have_text("completed", timeout=JOB_TIMEOUT_MS)
     # No gap and no duplicate across the reconnect: one point per progress event in the log.
-    events = api(node, f"/jobs/{job_id}/events?since=0")
+    events = api(node, f"/jobs/{job_id}/events?since=0&limit=10000")
     progress = [e for e in events if e["event"]["type"] == "training_progress"]
     expect(points).to_have_text(str(len(progress)), timeout=10_000)
     assert rate.endswith("steps/s") or rate == "—", rate

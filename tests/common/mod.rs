@@ -67,29 +67,61 @@ pub const READ_TOKEN: &str = "test-read-token";
 /// Starts `grokforge serve` on port 0 with `data_dir` and the test tokens of each role, and
 /// returns once it printed its address.
 pub fn start(data_dir: &Path) -> Server {
-    let config = data_dir.join("test-tokens.toml");
-    std::fs::create_dir_all(data_dir).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "[[gateway.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n\
-             [[gateway.tokens]]\ntoken = \"{USER_TOKEN}\"\nrole = \"user\"\n\
-             [[gateway.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n"
-        ),
-    )
-    .unwrap();
+    let config = token_config(data_dir);
     start_with(data_dir, &["--config".as_ref(), config.as_os_str()]).0
+}
+
+/// The test tokens of each role as configuration lines.
+pub fn tokens_toml() -> String {
+    format!(
+        "[[gateway.tokens]]\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n\
+         [[gateway.tokens]]\ntoken = \"{USER_TOKEN}\"\nrole = \"user\"\n\
+         [[gateway.tokens]]\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n"
+    )
+}
+
+/// Writes a configuration file with the test tokens into `dir`; returns its path.
+pub fn token_config(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("test-tokens.toml");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&config, tokens_toml()).unwrap();
+    config
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// Starts `grokforge serve` on port 0 with `data_dir` and `extra` arguments; returns the server
 /// once it printed its address, with the lines it printed up to then.
 pub fn start_with(data_dir: &Path, extra: &[&std::ffi::OsStr]) -> (Server, Vec<String>) {
-    let child = grokforge()
-        .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
+    start_command(
+        grokforge()
+            .args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .stderr(Stdio::inherit()),
+    )
+}
+
+/// Starts a `grokforge serve` command (its stdout is taken over here); returns the server once
+/// it printed its address, with the lines it printed up to then.
+pub fn start_command(command: &mut Command) -> (Server, Vec<String>) {
+    let child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("grokforge starts");
     // Owned by `Server` at once, so its Drop kills and reaps the process on every path.

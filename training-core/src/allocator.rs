@@ -13,6 +13,10 @@
 //! step. The cost is resident memory: a process keeps up to [`TRIM_THRESHOLD`] of freed heap per
 //! malloc arena instead of returning it. Only the binary decides this (the CLI and the node call
 //! it first thing in `main`); the library never changes process-wide settings by itself.
+//!
+//! A server has many arenas (glibc makes up to eight per core as threads contend), so what the
+//! policy keeps adds up between jobs. [`release_freed_memory`] hands it all back; the node calls
+//! it whenever its last running job ends, so the policy costs memory only while training runs.
 
 /// Blocks up to this size come from the heap instead of their own mapping (glibc's dynamic
 /// threshold stops growing at the same 32 MiB on 64-bit targets).
@@ -63,6 +67,24 @@ fn apply() -> HeapPolicy {
     HeapPolicy::Unsupported
 }
 
+/// Returns the freed memory of every malloc arena to the kernel (glibc's `malloc_trim`), which
+/// [`keep_freed_memory`] otherwise keeps for the next step. Returns whether any was released;
+/// `false` off glibc, where there is nothing to do.
+pub fn release_freed_memory() -> bool {
+    release()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release() -> bool {
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +129,34 @@ mod tests {
         assert!(
             second * 4 <= first,
             "the freed buffer's pages were reused: {second} faults the second time, {first} the first"
+        );
+    }
+
+    /// What the policy kept is given back: a freed step buffer (held in the heap's free lists:
+    /// a later allocation sits above it) faults its pages in afresh after a release.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn released_memory_is_faulted_in_afresh() {
+        if keep_freed_memory() == HeapPolicy::LeftToEnvironment {
+            return;
+        }
+        let size = 8 << 20;
+        let refill = |release: bool| {
+            let buffer = vec![1u8; size];
+            let guard = vec![0u8; 64 << 10];
+            drop(std::hint::black_box(buffer));
+            if release {
+                assert!(release_freed_memory(), "glibc released the freed buffer");
+            }
+            let faults = faults_to_fill(size, 2);
+            drop(std::hint::black_box(guard));
+            faults
+        };
+        let kept = refill(false);
+        let released = refill(true);
+        assert!(
+            kept * 4 <= released && released > 0,
+            "the pages went back to the kernel: {released} faults after a release, {kept} without"
         );
     }
 }

@@ -29,10 +29,12 @@ use crate::error::{Error, Result};
 use crate::spec::TrainSpec;
 use crate::train::{MetricHistory, RunConfig};
 
-const MAGIC: &[u8; 8] = b"GFCKPT\0\x01";
+/// The first bytes of every checkpoint file.
+pub const MAGIC: &[u8; 8] = b"GFCKPT\0\x01";
 /// Version of the checkpoint layout and metadata written by this build.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+/// Magic, format version (u32 LE), payload length (u64 LE), SHA-256 of the payload.
+pub const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 
 /// Everything about a run that is not a tensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,7 +164,7 @@ impl Checkpoint {
 
     /// Writes the checkpoint to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes()?)
+        write_file(path, &self.to_bytes()?, true)
     }
 
     /// Reads and verifies the checkpoint at `path`.
@@ -175,6 +177,39 @@ impl Checkpoint {
 /// Writes `bytes` to `path` so that readers see the old file or the complete new one: temporary
 /// file in the same directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_file(path, bytes, false)
+}
+
+/// Removes what interrupted [`write_atomic`]s left in `dir` — their temporary files
+/// (`.<name>.tmp-<pid>-<n>`), never a complete file — and returns how many. A run calls it on its
+/// directory before it starts or resumes there: a process killed in the middle of a write leaves
+/// one behind.
+pub fn remove_unfinished_writes(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") && fs::remove_file(entry.path()).is_ok()
+        {
+            tracing::info!(path = %entry.path().display(), "removed the file of an unfinished write");
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// [`write_atomic`]; a checkpoint's write passes the crash points of checkpoints
+/// (`grokforge_config::crashpoint`).
+fn write_file(path: &Path, bytes: &[u8], checkpoint: bool) -> Result<()> {
+    use grokforge_config::crashpoint;
+    let reached = |point| {
+        if checkpoint {
+            crashpoint::reached(point);
+        }
+    };
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -192,11 +227,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let result = (|| {
         let mut file = File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-        file.write_all(bytes)
+        let (head, tail) = bytes.split_at(bytes.len() / 2);
+        file.write_all(head)
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        reached(crashpoint::CHECKPOINT_WRITE);
+        file.write_all(tail)
             .map_err(|e| Error::io("writing", &tmp, e))?;
         file.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
         drop(file);
         fs::rename(&tmp, path).map_err(|e| Error::io("renaming into place", path, e))?;
+        reached(crashpoint::CHECKPOINT_RENAME);
         // The rename is durable only once the directory entry is.
         File::open(&dir)
             .and_then(|d| d.sync_all())

@@ -289,6 +289,9 @@ impl Recipe for CognateRecipe {
                 continue;
             }
 
+            if let Some(dir) = &dir {
+                crate::checkpoint::remove_unfinished_writes(dir);
+            }
             let checkpoint = match resume.take() {
                 Some((checkpoint, path)) if checkpoint.meta.run.variant == index => {
                     Some((checkpoint, path))

@@ -420,6 +420,7 @@ impl Trainer {
                     final_eval: self.history.last().cloned(),
                 });
             }
+            grokforge_config::crashpoint::reached(grokforge_config::crashpoint::STEP);
             let (loss, accuracy, lr) = self.train_step(control.continue_on_divergence, observer)?;
 
             let due = if self.config.eval_every == 0 {

@@ -74,6 +74,9 @@ pub struct HealthProbe {
     pub directory: ServiceDirectory,
     pub database: Database,
     pub data_dir: PathBuf,
+    /// Where checkpoints, models and exports go (the data dir's `artifacts`, or a shared
+    /// directory of the cluster's): probed as well when it is elsewhere.
+    pub artifacts_dir: PathBuf,
     /// The Redis bridge's status, in a cluster.
     pub bridge: Option<BridgeShared>,
     /// Set by the gateway while it accepts connections.
@@ -158,12 +161,21 @@ impl HealthProbe {
         self.database.check().await.map_err(|e| e.to_string())
     }
 
+    /// The data directory and the artifacts directory each take a small synced write.
     async fn file_system(&self) -> Result<(), String> {
-        let dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || grokforge_storage::fs::probe_writable(&dir))
-            .await
-            .map_err(|e| format!("probe task failed: {e}"))?
-            .map_err(|e| e.to_string())
+        let data = self.data_dir.clone();
+        let artifacts = self.artifacts_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            grokforge_storage::fs::probe_writable(&data)
+                .map_err(|e| format!("data directory {e}"))?;
+            if artifacts != data {
+                grokforge_storage::fs::probe_writable(&artifacts)
+                    .map_err(|e| format!("artifacts directory {e}"))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("probe task failed: {e}"))?
     }
 
     /// The in-process bus must answer. In a cluster the Redis bridge must be subscribed and

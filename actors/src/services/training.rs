@@ -74,6 +74,10 @@ pub struct PhaseSummary {
     pub latest_job: Option<JobRecord>,
 }
 
+/// The most events one [`TrainingServiceMessage::JobEvents`] answers: a replay of a long log
+/// is read page by page, never whole into memory.
+pub const MAX_EVENTS_PAGE: u32 = 10_000;
+
 pub enum TrainingServiceMessage {
     Ping(RpcReplyPort<()>),
     StartJob {
@@ -88,9 +92,12 @@ pub enum TrainingServiceMessage {
         RpcReplyPort<Result<Vec<JobRecord>, TrainingError>>,
     ),
     CancelJob(Uuid, RpcReplyPort<Result<JobRecord, TrainingError>>),
+    /// A page of a job's event log: at most `limit` (capped at [`MAX_EVENTS_PAGE`]) events
+    /// after `since`, oldest first. A shorter page is the end of the log as it is now.
     JobEvents {
         job_id: Uuid,
         since: u64,
+        limit: u32,
         reply: RpcReplyPort<Result<Vec<JobEvent>, TrainingError>>,
     },
     PhaseStatus(Phase, RpcReplyPort<Result<PhaseSummary, TrainingError>>),
@@ -180,6 +187,8 @@ pub struct TrainingServiceState {
     /// Runs whose training ended and whose models are being saved to the registry, by job id
     /// (with the attempt). Their leases are renewed, and they hold their slot, until then.
     registering: HashMap<Uuid, u32>,
+    /// Why the work directory could not be written at the last look, while it cannot.
+    unwritable: Option<String>,
     ticker: Option<JoinHandle<()>>,
     /// Ends the task that listens to the other nodes on the bus (cancel requests, queued jobs).
     bus_listener: CancellationToken,
@@ -234,6 +243,7 @@ impl Actor for TrainingService {
             args,
             running: HashMap::new(),
             registering: HashMap::new(),
+            unwritable: None,
             ticker: Some(ticker),
             bus_listener,
         })
@@ -337,13 +347,14 @@ impl Actor for TrainingService {
             TrainingServiceMessage::JobEvents {
                 job_id,
                 since,
+                limit,
                 reply,
             } => {
                 let result = match state.get(job_id).await {
                     Ok(_) => state
                         .args
                         .jobs
-                        .events_since(job_id, since, 100_000)
+                        .events_since(job_id, since, limit.min(MAX_EVENTS_PAGE))
                         .await
                         .map_err(Into::into),
                     Err(e) => Err(e),
@@ -596,7 +607,40 @@ impl TrainingServiceState {
     }
 
     /// Claims queued jobs while there is room.
+    /// Whether this node can write checkpoints now. A node whose work directory is full or
+    /// read-only takes no job: every attempt it made would fail at its first checkpoint and use
+    /// up the job's attempts in seconds. It looks again at every tick; the other nodes of a
+    /// cluster take the work meanwhile. (`/health` names the cause: the `file_system` check.)
+    async fn can_write_checkpoints(&mut self) -> bool {
+        let dir = self.args.work_dir.clone();
+        let probe =
+            tokio::task::spawn_blocking(move || grokforge_storage::fs::probe_writable(&dir))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|result| result.map_err(|e| e.to_string()));
+        match (probe, self.unwritable.is_some()) {
+            (Ok(()), false) => true,
+            (Ok(()), true) => {
+                self.unwritable = None;
+                tracing::info!(dir = %self.args.work_dir.display(), "the work directory is writable again: taking jobs");
+                true
+            }
+            (Err(reason), was) => {
+                if !was {
+                    tracing::warn!(%reason, "the work directory cannot be written: taking no job until it can");
+                }
+                self.unwritable = Some(reason);
+                false
+            }
+        }
+    }
+
     async fn fill(&mut self, myself: &ActorRef<TrainingServiceMessage>) {
+        if self.running.len() + self.registering.len() < self.args.settings.max_concurrent_jobs
+            && !self.can_write_checkpoints().await
+        {
+            return;
+        }
         while self.running.len() + self.registering.len() < self.args.settings.max_concurrent_jobs {
             let live = self.args.membership.live.borrow().clone();
             let claimed = self
@@ -949,6 +993,7 @@ impl TrainingServiceState {
         let outcome = match outcome {
             Ok(outcome) => match outcome.status {
                 PhaseStatus::Completed => {
+                    grokforge_config::crashpoint::reached(grokforge_config::crashpoint::HANDOFF);
                     // Saving to the registry waits on the ModelService (and its database)
                     // for as long as it takes: in a task, so this mailbox keeps renewing the
                     // leases of the other jobs meanwhile.
@@ -1066,6 +1111,15 @@ impl TrainingServiceState {
                 }
             }
         }
+        if self.running.is_empty() && self.registering.is_empty() {
+            // The heap policy keeps freed memory for the next training step; with no run left
+            // it only holds memory, in every arena the runs touched.
+            tokio::task::spawn_blocking(|| {
+                if grokforge_training_core::allocator::release_freed_memory() {
+                    tracing::debug!("no job running: freed heap memory returned to the kernel");
+                }
+            });
+        }
     }
 }
 
@@ -1082,6 +1136,36 @@ async fn register_models(
     let mut model_ids = Vec::new();
     let mut winner = None;
     for variant in &outcome.variants {
+        // An earlier attempt that died between two saves registered some variants already:
+        // those are not saved twice (the registry would give them a second version).
+        let registered = directory
+            .call::<ModelServiceMessage, _, _>(
+                names::MODEL_SERVICE,
+                |reply| {
+                    ModelServiceMessage::List(
+                        grokforge_storage::models::ModelFilter {
+                            name: Some(variant.name.clone()),
+                            ..Default::default()
+                        },
+                        reply,
+                    )
+                },
+                timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("listing {}: {e}", variant.name))?
+            .iter()
+            .find(|model| model.job_id == Some(job_id))
+            .map(|model| model.id);
+        if let Some(id) = registered {
+            tracing::info!(%job_id, model_id = %id, name = %variant.name, "variant registered by an earlier attempt");
+            if variant.winner {
+                winner = Some(id);
+            }
+            model_ids.push(id);
+            continue;
+        }
         let dir = variant
             .dir
             .clone()

@@ -103,10 +103,17 @@ class Client:
         """Asks the job to stop at its next step (a queued job never starts)."""
         return self._json("POST", f"/jobs/{_quote(job_id)}/cancel")
 
-    def events(self, job_id: str, since: int = 0) -> list[dict]:
+    def events(self, job_id: str, since: int = 0, page: int = 1000) -> list[dict]:
         """The job's durable event log after sequence number `since`: envelopes with `seq`
-        and `event` (`{"type": ..., "data": ...}`)."""
-        return self._json("GET", f"/jobs/{_quote(job_id)}/events", since=since)
+        and `event` (`{"type": ..., "data": ...}`). The node answers a page of at most
+        `page` events at a time; this reads pages until the log ends."""
+        events: list[dict] = []
+        while True:
+            got = self._json("GET", f"/jobs/{_quote(job_id)}/events", since=since, limit=page)
+            events.extend(got)
+            if len(got) < page:
+                return events
+            since = got[-1]["seq"]
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict:
         """Follows the job over the WebSocket until it ends; returns its final record."""

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target of fuzz/ (or the ones named) for a fixed time and prints one
+# markdown row per target for RELIABILITY.md: executions, executions per second, peak memory,
+# and whether it found a crash, a timeout or an out-of-memory.
+#
+#   scripts/fuzz.sh [TARGET...]      GROKFORGE_FUZZ_TARGET_SECONDS (default 600) each,
+#                                    GROKFORGE_FUZZ_JOBS targets at a time (default: cores)
+#
+# Needs the nightly toolchain; installs cargo-fuzz (crates.io) when missing. The working corpus
+# grows under ~/.cache/grokforge/fuzz-corpus/<target> (kept between runs, never committed); the
+# committed seeds of fuzz/seeds/<target> are read, not written. A finding lands in
+# fuzz/artifacts/<target>/: fix it, then move the input to fuzz/regressions/<target>/, which
+# tests/fuzz_corpora.rs replays in make test. Runs at the lowest CPU priority.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${GROKFORGE_FUZZ_TARGET_SECONDS:-600}
+jobs=${GROKFORGE_FUZZ_JOBS:-$(nproc)}
+corpus_root=${GROKFORGE_FUZZ_CORPUS:-${XDG_CACHE_HOME:-$HOME/.cache}/grokforge/fuzz-corpus}
+# Its own target dir: sanitizer builds share nothing with the main build.
+export CARGO_TARGET_DIR=${GROKFORGE_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokforge/fuzz-target}
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz: the nightly toolchain is needed (rustup toolchain install nightly)" >&2
+  exit 1
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  cargo +nightly install cargo-fuzz --locked
+fi
+
+if [[ $# -gt 0 ]]; then
+  targets=("$@")
+else
+  mapfile -t targets < <(cargo +nightly fuzz list --fuzz-dir fuzz)
+fi
+
+# One build for all targets (address sanitizer, debug assertions, optimised).
+nice -n 19 cargo +nightly fuzz build --fuzz-dir fuzz -O --debug-assertions "${targets[@]}" >&2
+
+logs=$(mktemp -d)
+run_one() {
+  local target=$1
+  mkdir -p "$corpus_root/$target" "fuzz/artifacts/$target"
+  local status=0
+  # -rss_limit_mb: a target that holds more than 2 GiB is an out-of-memory finding;
+  # -timeout: one input taking over 10 s is a timeout finding; -max_len grows with the seeds.
+  nice -n 19 cargo +nightly fuzz run --fuzz-dir fuzz -O --debug-assertions "$target" \
+    "$corpus_root/$target" "fuzz/seeds/$target" -- \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+    -artifact_prefix="fuzz/artifacts/$target/" >"$logs/$target.log" 2>&1 || status=$?
+  echo "$status" >"$logs/$target.status"
+}
+export -f run_one
+export seconds corpus_root logs
+printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c 'run_one {}'
+
+echo "| target | executions | per second | peak RSS | corpus | result |"
+echo "|---|---:|---:|---:|---:|---|"
+failed=0
+for target in "${targets[@]}"; do
+  log="$logs/$target.log"
+  runs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
+  per_second=$(( ${runs:-0} / seconds ))
+  entries=$(find "$corpus_root/$target" -type f | wc -l)
+  status=$(cat "$logs/$target.status")
+  if [[ $status == 0 ]]; then
+    result="0 crashes, 0 timeouts, 0 OOMs"
+  else
+    failed=1
+    finding=$(grep -Eo 'SUMMARY: [^ ]+|ERROR: libFuzzer: [a-z-]+' "$log" | head -1 || true)
+    result="**${finding:-exit $status}**: $(ls "fuzz/artifacts/$target" | head -1)"
+  fi
+  printf '| %s | %s | %s | %s MB | %s | %s |\n' "$target" "$runs" "$per_second" "$rss" "$entries" "$result"
+done
+echo "logs: $logs" >&2
+exit $failed
