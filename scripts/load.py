@@ -5,6 +5,10 @@
   scripts/load.py replay [--events N]     a job log of N events (default 1,000,000) replayed to a
                                           `since=0` WebSocket client: complete, in order, and the
                                           node's memory meanwhile
+  scripts/load.py idle [--connections N]  N idle WebSocket connections (default 10,000): the node's
+                                          memory per connection, and REST latency with and without
+  scripts/load.py rest [--clients N]      N concurrent REST clients (default 500) for --seconds
+                                          (default 60) over a mix of routes: errors, p50, p99
 
 GROKFORGE_BIN names the binary (default: the debug build under $CARGO_TARGET_DIR). Prints one
 JSON object of figures. `replay` needs the `websockets` package; the script installs it into
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -41,7 +46,8 @@ class Node:
     def __init__(self, data: Path):
         self.data = data
         config = data / "load.toml"
-        config.write_text(f'[[gateway.tokens]]\ntoken = "{TOKEN}"\nrole = "admin"\n')
+        config.write_text(f'[gateway]\nws_max_connections = 20000\n'
+                          f'[[gateway.tokens]]\ntoken = "{TOKEN}"\nrole = "admin"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("GROKFORGE")}
         env["RUST_LOG"] = "warn"
         self.process = subprocess.Popen(
@@ -196,6 +202,108 @@ def replay(events: int) -> dict:
             "rss_growth_mib": round(figures["rss_during_max_mib"] - before, 1)}
 
 
+def latency_ms(node: Node, path: str, count: int = 200) -> dict:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        node.call("GET", path)
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {"p50": round(samples[len(samples) // 2], 2),
+            "p99": round(samples[int(len(samples) * 0.99)], 2)}
+
+
+async def open_idle(base: str, count: int) -> list:
+    import websockets
+
+    url = base.replace("http://", "ws://", 1) + f"/ws?token={TOKEN}"
+    sockets = []
+    for start in range(0, count, 200):
+        batch = await asyncio.gather(*(websockets.connect(url, ping_interval=None)
+                                       for _ in range(min(200, count - start))))
+        for socket in batch:
+            hello = json.loads(await socket.recv())
+            assert hello["type"] == "connection_established", hello
+        sockets.extend(batch)
+    return sockets
+
+
+def idle(count: int) -> dict:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 1024)), hard))
+    with tempfile.TemporaryDirectory() as data:
+        node = Node(Path(data))
+        # A first batch warms up what every session shares (runtime, hub, buffers' size classes).
+        async def run():
+            warm = await open_idle(node.base, 200)
+            before = settle(node, 3)
+            quiet = latency_ms(node, "/jobs")
+            sockets = await open_idle(node.base, count)
+            after = settle(node, 5)
+            loaded = latency_ms(node, "/jobs")
+            alive = sum(1 for s in sockets if s.state.name == "OPEN")
+            for socket in sockets + warm:
+                await socket.close()
+            return before, after, quiet, loaded, alive
+        before, after, quiet, loaded, alive = asyncio.run(run())
+        node.stop()
+    return {"connections": count, "open_at_the_end": alive, "rss_before_mib": round(before, 1),
+            "rss_after_mib": round(after, 1),
+            "kib_per_connection": round((after - before) * 1024 / count, 2),
+            "get_jobs_ms_without": quiet, "get_jobs_ms_with": loaded}
+
+
+def rest(clients: int, seconds: float) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with tempfile.TemporaryDirectory() as data:
+        node = Node(Path(data))
+        job = node.call("POST", "/phases/cognate/start",
+                        {"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2,
+                         "d_ff": 32, "batch_size": 16, "steps": 20, "variants": 2})
+        node.wait_job(job["id"])
+        routes = ["/health", "/jobs", f"/jobs/{job['id']}", "/models", "/phases", "/alerts",
+                  "/datasets", f"/jobs/{job['id']}/events?limit=100", "/cluster/nodes", "/metrics"]
+        deadline = time.monotonic() + seconds
+
+        def client(index: int):
+            latencies, errors = [], {}
+            turn = index
+            while time.monotonic() < deadline:
+                path = routes[turn % len(routes)]
+                turn += 1
+                started = time.perf_counter()
+                try:
+                    request = urllib.request.Request(node.base + path)
+                    request.add_header("Authorization", f"Bearer {TOKEN}")
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        response.read()
+                except urllib.error.HTTPError as error:
+                    kind = f"{error.code} {path.split('?')[0]}"
+                    errors[kind] = errors.get(kind, 0) + 1
+                except Exception as error:  # noqa: BLE001 - every failure is an error to count
+                    kind = type(error).__name__ + ": " + str(getattr(error, "reason", error))[:60]
+                    errors[kind] = errors.get(kind, 0) + 1
+                latencies.append((time.perf_counter() - started) * 1000)
+            return latencies, errors
+
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            results = list(pool.map(client, range(clients)))
+        node.stop()
+    latencies = sorted(l for got, _ in results for l in got)
+    kinds: dict[str, int] = {}
+    for _, errors in results:
+        for kind, count in errors.items():
+            kinds[kind] = kinds.get(kind, 0) + count
+    return {"clients": clients, "seconds": seconds, "requests": len(latencies),
+            "errors": sum(kinds.values()), "error_kinds": kinds,
+            "requests_per_second": round(len(latencies) / seconds),
+            "p50_ms": round(latencies[len(latencies) // 2], 1),
+            "p99_ms": round(latencies[int(len(latencies) * 0.99)], 1)}
+
+
 def ensure_websockets():
     try:
         import websockets  # noqa: F401
@@ -215,10 +323,19 @@ def main() -> int:
     sub = parser.add_subparsers(dest="check", required=True)
     sub.add_parser("jobs").add_argument("--jobs", type=int, default=20)
     sub.add_parser("replay").add_argument("--events", type=int, default=1_000_000)
+    sub.add_parser("idle").add_argument("--connections", type=int, default=10_000)
+    rest_args = sub.add_parser("rest")
+    rest_args.add_argument("--clients", type=int, default=500)
+    rest_args.add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
     if args.check == "replay":
         ensure_websockets()
         print(json.dumps(replay(args.events)))
+    elif args.check == "idle":
+        ensure_websockets()
+        print(json.dumps(idle(args.connections)))
+    elif args.check == "rest":
+        print(json.dumps(rest(args.clients, args.seconds)))
     else:
         print(json.dumps(jobs(args.jobs)))
     return 0

@@ -198,15 +198,28 @@ async fn an_upload_over_the_limit_is_refused_with_413_and_leaves_nothing() {
     // reading once it passes the limit, so the test never sends (or stores) most of it.
     let chunks =
         futures::stream::iter((0..256).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 1 << 20])));
-    let response = user()
+    // The node answers 413 and closes the connection with most of the body unread; the kernel
+    // then resets it, and a client still writing may see the reset before it reads the answer
+    // (HTTP/1.1's early-response race). Either way the upload ends long before 256 MiB.
+    let sent = user()
         .post(format!("{base}/datasets?name=big&kind=text"))
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
-        .await
-        .expect("the node answers before the body ends");
-    assert_eq!(response.status(), 413);
-    let problem: Value = response.json().await.unwrap();
-    assert_eq!(problem["limit_bytes"], 1_048_576, "{problem}");
+        .await;
+    match sent {
+        Ok(response) => {
+            assert_eq!(response.status(), 413);
+            let problem: Value = response.json().await.unwrap();
+            assert_eq!(problem["limit_bytes"], 1_048_576, "{problem}");
+        }
+        Err(error) => {
+            let text = format!("{error:?}");
+            assert!(
+                text.contains("BrokenPipe") || text.contains("ConnectionReset"),
+                "the upload failed otherwise than by the node closing it: {text}"
+            );
+        }
+    }
 
     // Declared too large: refused before a byte is read.
     let (status, problem) = upload(&base, "name=big&kind=text", vec![b'a'; (1 << 20) + 1]).await;

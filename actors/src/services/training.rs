@@ -334,11 +334,23 @@ impl Actor for TrainingService {
                     state.fill(&myself).await;
                 }
             }
+            // Reads of the job table are answered from tasks of their own: they need nothing of
+            // this actor's state, and through its mailbox one slow query would hold up every
+            // other read, lease renewal and claim behind it (500 concurrent REST clients made
+            // the gateway's calls time out).
             TrainingServiceMessage::GetJob(id, reply) => {
-                let _ = reply.send(state.get(id).await);
+                let jobs = state.args.jobs.clone();
+                tokio::spawn(async move {
+                    let job = jobs.find(id).await.map_err(TrainingError::from);
+                    let _ =
+                        reply.send(job.and_then(|job| job.ok_or(TrainingError::JobNotFound(id))));
+                });
             }
             TrainingServiceMessage::ListJobs(filter, reply) => {
-                let _ = reply.send(state.args.jobs.list(&filter).await.map_err(Into::into));
+                let jobs = state.args.jobs.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(jobs.list(&filter).await.map_err(Into::into));
+                });
             }
             TrainingServiceMessage::CancelJob(id, reply) => {
                 let result = state.cancel(id).await;
@@ -350,16 +362,18 @@ impl Actor for TrainingService {
                 limit,
                 reply,
             } => {
-                let result = match state.get(job_id).await {
-                    Ok(_) => state
-                        .args
-                        .jobs
-                        .events_since(job_id, since, limit.min(MAX_EVENTS_PAGE))
-                        .await
-                        .map_err(Into::into),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
+                let jobs = state.args.jobs.clone();
+                tokio::spawn(async move {
+                    let result = match jobs.find(job_id).await {
+                        Ok(Some(_)) => jobs
+                            .events_since(job_id, since, limit.min(MAX_EVENTS_PAGE))
+                            .await
+                            .map_err(Into::into),
+                        Ok(None) => Err(TrainingError::JobNotFound(job_id)),
+                        Err(error) => Err(error.into()),
+                    };
+                    let _ = reply.send(result);
+                });
             }
             TrainingServiceMessage::PhaseStatus(phase, reply) => {
                 let _ = reply.send(state.phase_status(phase).await);
