@@ -89,19 +89,7 @@ async fn completed(base: &str, id: &str) -> Value {
 fn weights(data: &Path, id: &str) -> Vec<Vec<f32>> {
     let jobs = data.join("artifacts").join("jobs");
     (0..VARIANTS)
-        .map(|variant| {
-            let dir = jobs.join(id).join(format!("variant-{variant}"));
-            let device = grokforge_actors::training_core::parse_device("cpu").unwrap();
-            let (_, model) = grokforge_actors::training_core::load_model(&dir, &device).unwrap();
-            use grokforge_actors::training_core::burn_tensor::{Int, Tensor, TensorData};
-            let tokens: Vec<i64> = vec![0, 11, 3, 12, 5, 11, 9, 12];
-            let input = Tensor::<2, Int>::from_data(TensorData::new(tokens, [2, 4]), &device);
-            model
-                .forward(input)
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap()
-        })
+        .map(|variant| common::logits_in(&jobs.join(id).join(format!("variant-{variant}"))))
         .collect()
 }
 

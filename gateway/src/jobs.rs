@@ -351,16 +351,8 @@ pub fn parse_start_body(phase: &str, body: &[u8]) -> Result<(Phase, TrainSpec, i
             .with("field", "priority")
         })?,
     };
-    // serde_path_to_error names the offending field (`steps`), which serde alone does not.
     let spec: TrainSpec = serde_path_to_error::deserialize(serde_json::Value::Object(fields))
-        .map_err(|e| {
-            let field = e.path().to_string();
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("`{field}`: {}", e.inner()),
-            )
-            .with("field", field)
-        })?;
+        .map_err(crate::problem::invalid_body)?;
     Ok((phase, spec, priority))
 }
 

@@ -303,17 +303,9 @@ pub struct ExportOrder {
 
 /// Parses and checks a `POST /models/export` body: a 422 naming the field when it is invalid.
 pub fn parse_export_body(body: &[u8]) -> Result<ExportOrder, Problem> {
-    let request: ExportRequest = serde_path_to_error::deserialize(
-        &mut serde_json::Deserializer::from_slice(body),
-    )
-    .map_err(|e| {
-        let field = e.path().to_string();
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("`{field}`: {}", e.inner()),
-        )
-        .with("field", field)
-    })?;
+    let request: ExportRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+            .map_err(crate::problem::invalid_body)?;
     if request.model_ids.is_empty() {
         return Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -166,6 +166,17 @@ pub fn json_or_problem(result: Result<impl Serialize, Problem>, status: StatusCo
     }
 }
 
+/// A body that does not deserialize: a 422 naming the offending field (`steps`), which
+/// serde_path_to_error knows and serde alone does not.
+pub fn invalid_body<E: std::fmt::Display>(error: serde_path_to_error::Error<E>) -> Problem {
+    let field = error.path().to_string();
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("`{field}`: {}", error.inner()),
+    )
+    .with("field", field)
+}
+
 /// A path id; one that is not a UUID names nothing, so it is a 404 like an unknown one.
 pub fn parse_id(kind: &str, id: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(id)

@@ -336,10 +336,14 @@ pub fn verify_export_zip(bytes: &[u8]) -> (serde_json::Value, usize) {
 /// parameter ids, which are not part of the weights and differ between a freshly built and a
 /// reloaded model.)
 pub fn variant_logits(jobs_dir: &Path, job_id: &str) -> Vec<f32> {
+    logits_in(&jobs_dir.join(job_id).join("variant-0"))
+}
+
+/// The logits of the variant saved in `dir`, on [`variant_logits`]'s fixed batch.
+pub fn logits_in(dir: &Path) -> Vec<f32> {
     use grokforge_training_core::burn_tensor::{Int, Tensor, TensorData};
     let device = grokforge_training_core::parse_device("cpu").unwrap();
-    let dir = jobs_dir.join(job_id).join("variant-0");
-    let (_, model) = grokforge_training_core::load_model(&dir, &device).unwrap();
+    let (_, model) = grokforge_training_core::load_model(dir, &device).unwrap();
     let tokens: Vec<i64> = vec![0, 11, 3, 12, 5, 11, 9, 12];
     let input = Tensor::<2, Int>::from_data(TensorData::new(tokens, [2, 4]), &device);
     model
