@@ -145,18 +145,6 @@ fn signed(received: &Received) -> bool {
 }
 
 /// Queues a cognate job; its id.
-async fn start_job(base: &str, body: &Value) -> String {
-    let response = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    job["id"].as_str().unwrap().to_string()
-}
-
 /// A job that goes NaN within a few steps: a learning rate no optimizer survives.
 fn diverging() -> Value {
     json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32,
@@ -185,7 +173,7 @@ async fn a_diverging_job_fails_for_good_and_its_alert_reaches_admins_and_webhook
     let refused = reader.next_json(Duration::from_secs(5)).await;
     assert_eq!(refused["type"], "error", "{refused}");
 
-    let id = start_job(&base, &diverging()).await;
+    let id = common::start_cognate(&base, &diverging()).await;
 
     // The job stops at the step whose loss is not finite and fails at once, naming the step
     // and the value; it is not retried (the same seed would diverge the same way).
@@ -299,19 +287,14 @@ async fn health_answers_from_the_latest_round_unless_asked_for_a_fresh_one() {
     let server = start_node(data.path(), &[], 60_000);
     let base = server.base.clone();
     let stamp = |health: &Value| health["checked_at"].as_str().unwrap().to_string();
-    // The round the node runs as it starts may finish after a first request that found none.
-    let first = wait_for("the first round", Duration::from_secs(10), || async {
-        let health = get_json(&format!("{base}/health")).await;
-        (!health["checked_at"].is_null()).then_some(health)
+    // The round the node runs as it starts may finish after a first request that found none:
+    // compare from the moment two answers in a row come from one round.
+    let first = wait_for("a settled round", Duration::from_secs(10), || async {
+        let one = get_json(&format!("{base}/health")).await;
+        let two = get_json(&format!("{base}/health")).await;
+        (!one["checked_at"].is_null() && stamp(&one) == stamp(&two)).then_some(two)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let first_again = get_json(&format!("{base}/health")).await;
-    let first = if stamp(&first_again) == stamp(&first) {
-        first
-    } else {
-        first_again
-    };
     let again = get_json(&format!("{base}/health")).await;
     assert_eq!(stamp(&again), stamp(&first), "no new round per request");
     let fresh = get_json(&format!("{base}/health?fresh=true")).await;
@@ -341,7 +324,7 @@ async fn a_job_without_progress_for_the_rules_threshold_fires_stalled_and_resolv
     let body = json!({"dataset": "mod-add:11", "d_model": 16, "n_layers": 1, "n_heads": 2,
                       "d_ff": 32, "batch_size": 16, "steps": 100_000, "variants": 1,
                       "threads": 1});
-    let id = start_job(&base, &body).await;
+    let id = common::start_cognate(&base, &body).await;
     let id = id.as_str();
     let mut seen = Vec::new();
     while seen.len() < 2 {
@@ -381,7 +364,7 @@ async fn with_stop_on_divergence_off_a_diverging_job_trains_to_the_end_and_still
     admin.subscribe("admin_alerts", None).await;
     let mut body = diverging();
     body["steps"] = json!(120);
-    let id = start_job(&base, &body).await;
+    let id = common::start_cognate(&base, &body).await;
     let job = wait_for("the job to end", Duration::from_secs(60), || async {
         let job = get_json(&format!("{base}/jobs/{id}")).await;
         matches!(job["status"].as_str(), Some("completed" | "failed")).then_some(job)

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{client, get_json, grokforge, start_command, wait_for};
+use common::{get_json, grokforge, start_command, wait_for};
 use grokforge_config::crashpoint;
 use serde_json::{Value, json};
 
@@ -60,18 +60,6 @@ fn node(data: &Path, crash_at: Option<String>) -> common::Server {
     start_command(&mut command).0
 }
 
-async fn start_job(base: &str) -> String {
-    let response = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(&spec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    job["id"].as_str().unwrap().to_string()
-}
-
 async fn completed(base: &str, id: &str) -> Value {
     wait_for(
         &format!("job {id} completed"),
@@ -106,7 +94,7 @@ fn unfinished_writes(dir: &Path) -> Vec<String> {
 async fn reference() -> Vec<Vec<f32>> {
     let data = tempfile::tempdir().unwrap();
     let server = node(data.path(), None);
-    let id = start_job(&server.base).await;
+    let id = common::start_cognate(&server.base, &spec()).await;
     completed(&server.base, &id).await;
     weights(data.path(), &id)
 }
@@ -121,7 +109,7 @@ async fn crash_and_resume(crash: Crash, reference: &[Vec<f32>]) {
         Crash::After(_) => None,
     };
     let mut server = node(data.path(), crash_at);
-    let id = start_job(&server.base).await;
+    let id = common::start_cognate(&server.base, &spec()).await;
     let accepted = Instant::now();
     match crash {
         Crash::At { term, .. } => {

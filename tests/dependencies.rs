@@ -149,18 +149,6 @@ fn job_spec(steps: u64, seed: u64) -> Value {
            "variants": 1, "threads": 1, "seed": seed})
 }
 
-async fn start_job(base: &str, body: &Value) -> String {
-    let response = client()
-        .post(format!("{base}/phases/cognate/start"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
-    let job: Value = response.json().await.unwrap();
-    job["id"].as_str().unwrap().to_string()
-}
-
 async fn job(base: &str, id: &str) -> Option<Value> {
     let response = client()
         .get(format!("{base}/jobs/{id}"))
@@ -210,8 +198,8 @@ async fn postgres_restarted_under_running_jobs_loses_none_and_runs_none_twice() 
     let data = root.path().join("data");
     let (server, _) = start_with(&data, &["--config".as_ref(), config.as_os_str()]);
     let base = server.base.clone();
-    let first = start_job(&base, &job_spec(900, 1)).await;
-    let second = start_job(&base, &job_spec(300, 2)).await;
+    let first = common::start_cognate(&base, &job_spec(900, 1)).await;
+    let second = common::start_cognate(&base, &job_spec(300, 2)).await;
     common::wait_for_checkpoint(&base, &first, 100).await;
 
     // Down for a few seconds, then back: the pool's connections are all gone.
@@ -349,7 +337,7 @@ async fn a_read_only_sqlite_directory_is_refused_with_the_reason_and_nothing_is_
     let data = root.path().join("data");
     let args = ["--config".as_ref(), config.as_os_str()];
     let (server, _) = start_with(&data, &args);
-    let id = start_job(&server.base, &job_spec(100, 3)).await;
+    let id = common::start_cognate(&server.base, &job_spec(100, 3)).await;
     wait_for(
         &format!("job {id} completed"),
         Duration::from_secs(120),
@@ -391,7 +379,7 @@ async fn a_read_only_sqlite_directory_is_refused_with_the_reason_and_nothing_is_
     assert_eq!(kept["status"], "completed");
     let models = get_json(&format!("{}/models", server.base)).await;
     assert_eq!(models.as_array().unwrap().len(), 1, "{models:#}");
-    let again = start_job(&server.base, &job_spec(100, 5)).await;
+    let again = common::start_cognate(&server.base, &job_spec(100, 5)).await;
     wait_for(
         &format!("job {again} completed"),
         Duration::from_secs(120),
@@ -416,7 +404,7 @@ async fn a_full_data_file_system_fails_the_attempt_cleanly_and_health_says_why()
         &["--config".as_ref(), config.as_os_str()],
     );
     let base = server.base.clone();
-    let id = start_job(&base, &job_spec(3000, 6)).await;
+    let id = common::start_cognate(&base, &job_spec(3000, 6)).await;
     common::wait_for_checkpoint(&base, &id, 50).await;
     // Fill the file system under the running job: its next checkpoint cannot be written.
     let filler = mount.path().join("filler");

@@ -157,6 +157,20 @@ pub fn start_command(command: &mut Command) -> (Server, Vec<String>) {
     }
 }
 
+/// Queues a cognate job with `body` as the admin test token; returns its id.
+pub async fn start_cognate(base: &str, body: &serde_json::Value) -> String {
+    let response = client()
+        .post(format!("{base}/phases/cognate/start"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let job: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 202, "{job}");
+    job["id"].as_str().unwrap().to_string()
+}
+
 /// A client that sends the admin test token.
 pub fn client() -> reqwest::Client {
     client_with(Some(ADMIN_TOKEN))
