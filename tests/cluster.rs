@@ -1048,15 +1048,33 @@ async fn alerts_survive_the_monitoring_lease_changing_hands() {
             frame["data"].clone(),
         );
     }
-    // The survivor knows them as the holder announced them.
-    let firing = get_json(&format!("{base}/alerts")).await;
+    // The survivor knows them as the holder announced them. Its WebSocket hub and its
+    // monitoring service read the same announcement side by side, so the frame can come first.
+    let firing = wait_for(
+        "the survivor to list both alerts",
+        Duration::from_secs(10),
+        || async {
+            let firing = get_json(&format!("{base}/alerts")).await;
+            raised
+                .keys()
+                .all(|rule| {
+                    firing
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|a| a["rule"] == rule.as_str())
+                })
+                .then_some(firing)
+        },
+    )
+    .await;
     for (rule, alert) in &raised {
         let here = firing
             .as_array()
             .unwrap()
             .iter()
             .find(|a| a["rule"] == rule.as_str())
-            .unwrap_or_else(|| panic!("{rule} not firing on the survivor: {firing}"));
+            .unwrap();
         assert_eq!(here["id"], alert["id"], "{here} vs {alert}");
         assert_eq!(here["started_at"], alert["started_at"]);
     }

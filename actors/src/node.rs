@@ -133,6 +133,7 @@ impl Node {
             bridge: bridge_shared.clone(),
             api_listening: api_listening.clone(),
             timeout: settings.monitoring.health_check_timeout(),
+            slow: Default::default(),
         };
         let now = chrono::Utc::now();
         let this_node = NodeInfo {

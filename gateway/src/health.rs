@@ -169,7 +169,7 @@ pub async fn monitoring(state: Arc<GatewayState>) -> Result<Response, warp::Reje
 /// Each service's state, the dependency graph and the overall status, from the latest round
 /// of checks (`checked_at`; they run every `monitoring.health_check_interval_ms`), or from checks
 /// run now with `?fresh=true`. 200 while the node is healthy or degraded, 503 when it is
-/// unhealthy.
+/// unhealthy. A service too slow to answer its check is degraded; three rounds in a row, unhealthy.
 #[utoipa::path(
     get,
     path = crate::routes::HEALTH.path,

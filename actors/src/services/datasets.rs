@@ -267,15 +267,24 @@ impl Actor for DatasetService {
             } => {
                 let _ = reply.send(state.start_upload(request, body));
             }
+            // Reads are answered from tasks of their own, as the training service answers its
+            // job reads: through this mailbox one slow query would hold up every other read, and
+            // under 500 concurrent REST clients the gateway's calls timed out.
             DatasetServiceMessage::List {
                 limit,
                 offset,
                 reply,
             } => {
-                let _ = reply.send(state.list(limit, offset).await);
+                let repository = state.repository.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(list(&repository, limit, offset).await);
+                });
             }
             DatasetServiceMessage::Get(id, reply) => {
-                let _ = reply.send(state.get(&id).await);
+                let repository = state.repository.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(get(&repository, &id).await);
+                });
             }
             DatasetServiceMessage::Delete(id, reply) => {
                 let _ = reply.send(state.delete(&id).await);
@@ -421,38 +430,6 @@ impl DatasetServiceState {
         Ok(outcome)
     }
 
-    async fn list(&self, limit: u64, offset: u64) -> Result<DatasetPage, DatasetError> {
-        let (records, total) = self.repository.list(limit, offset).await?;
-        let shown = records.len() as u64;
-        let next_offset = (offset + shown < total && shown > 0).then_some(offset + shown);
-        Ok(DatasetPage {
-            datasets: records.into_iter().map(DatasetEntry::from).collect(),
-            total,
-            limit,
-            offset,
-            next_offset,
-            builtin: builtin_datasets(),
-        })
-    }
-
-    async fn find(&self, reference: &str) -> Result<DatasetRecord, DatasetError> {
-        let id = parse_reference(reference)
-            .ok_or_else(|| DatasetError::NotFound(reference.to_string()))?;
-        self.repository
-            .find(id)
-            .await?
-            .ok_or_else(|| DatasetError::NotFound(reference.to_string()))
-    }
-
-    async fn get(&self, reference: &str) -> Result<DatasetDetail, DatasetError> {
-        let record = self.find(reference).await?;
-        let used_by = self.repository.uses(record.id).await?;
-        Ok(DatasetDetail {
-            entry: record.into(),
-            used_by,
-        })
-    }
-
     async fn delete(&self, reference: &str) -> Result<DatasetRecord, DatasetError> {
         if reference
             .parse::<grokforge_training_core::ModularTask>()
@@ -460,7 +437,7 @@ impl DatasetServiceState {
         {
             return Err(DatasetError::BuiltIn(reference.to_string()));
         }
-        let record = self.find(reference).await?;
+        let record = find(&self.repository, reference).await?;
         match self.repository.delete(record.id).await? {
             DeleteOutcome::Deleted(record) => Ok(record),
             DeleteOutcome::InUse(jobs) => Err(DatasetError::InUse {
@@ -607,4 +584,46 @@ fn receive_and_check(
         }
     };
     Ok((upload, stats))
+}
+
+async fn list(
+    repository: &DatasetRepository,
+    limit: u64,
+    offset: u64,
+) -> Result<DatasetPage, DatasetError> {
+    let (records, total) = repository.list(limit, offset).await?;
+    let shown = records.len() as u64;
+    let next_offset = (offset + shown < total && shown > 0).then_some(offset + shown);
+    Ok(DatasetPage {
+        datasets: records.into_iter().map(DatasetEntry::from).collect(),
+        total,
+        limit,
+        offset,
+        next_offset,
+        builtin: builtin_datasets(),
+    })
+}
+
+async fn find(
+    repository: &DatasetRepository,
+    reference: &str,
+) -> Result<DatasetRecord, DatasetError> {
+    let id =
+        parse_reference(reference).ok_or_else(|| DatasetError::NotFound(reference.to_string()))?;
+    repository
+        .find(id)
+        .await?
+        .ok_or_else(|| DatasetError::NotFound(reference.to_string()))
+}
+
+async fn get(
+    repository: &DatasetRepository,
+    reference: &str,
+) -> Result<DatasetDetail, DatasetError> {
+    let record = find(repository, reference).await?;
+    let used_by = repository.uses(record.id).await?;
+    Ok(DatasetDetail {
+        entry: record.into(),
+        used_by,
+    })
 }

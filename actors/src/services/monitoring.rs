@@ -35,7 +35,7 @@ use super::websocket::WebSocketHubMessage;
 use crate::aggregate::{Aggregates, MonitoringSummary};
 use crate::alerts::{Alert, AlertEngine, Inputs, Rule, RuleKind, Transition};
 use crate::bus::{EventBusMessage, Publisher};
-use crate::directory::{ServiceDirectory, names};
+use crate::directory::{CallError, ServiceDirectory, names};
 use crate::events::EventEnvelope;
 use crate::events::{Event, HealthState};
 use crate::health::{Check, HealthReport, aggregate};
@@ -43,10 +43,12 @@ use crate::metrics::NodeMetrics;
 use crate::services::redis_bridge::BridgeShared;
 use crate::webhooks::Webhook;
 
-/// Why a check did not pass: unhealthy, unless it says it is only degraded.
+/// Why a check did not pass: unhealthy, unless it says it is only degraded or slow.
 pub struct CheckFailure {
     state: HealthState,
     reason: String,
+    /// No answer in time: degraded until it happens [`SLOW_ROUNDS_UNHEALTHY`] rounds in a row.
+    slow: bool,
 }
 
 impl CheckFailure {
@@ -54,6 +56,15 @@ impl CheckFailure {
         CheckFailure {
             state: HealthState::Degraded,
             reason: reason.into(),
+            slow: false,
+        }
+    }
+
+    fn slow(reason: impl Into<String>) -> CheckFailure {
+        CheckFailure {
+            state: HealthState::Degraded,
+            reason: reason.into(),
+            slow: true,
         }
     }
 }
@@ -63,6 +74,40 @@ impl From<String> for CheckFailure {
         CheckFailure {
             state: HealthState::Unhealthy,
             reason,
+            slow: false,
+        }
+    }
+}
+
+impl From<CallError> for CheckFailure {
+    fn from(error: CallError) -> CheckFailure {
+        match error {
+            CallError::Timeout { .. } => CheckFailure::slow(error.to_string()),
+            CallError::Unavailable { .. } | CallError::Dropped { .. } => error.to_string().into(),
+        }
+    }
+}
+
+/// Rounds in a row a component may be too slow to answer before it counts as unhealthy. One
+/// slow answer is a busy node (a saturated CPU, a burst of requests): degraded, still serving.
+/// A service that stays silent is hung.
+pub const SLOW_ROUNDS_UNHEALTHY: u32 = 3;
+
+/// How many rounds in a row each component has been too slow, shared by every round.
+#[derive(Clone, Default)]
+pub struct SlowStreaks(Arc<std::sync::Mutex<BTreeMap<&'static str, u32>>>);
+
+impl SlowStreaks {
+    /// Notes whether `component` was slow this round; the streak it is on.
+    fn note(&self, component: &'static str, slow: bool) -> u32 {
+        let mut streaks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slow {
+            let streak = streaks.entry(component).or_default();
+            *streak += 1;
+            *streak
+        } else {
+            streaks.remove(component);
+            0
         }
     }
 }
@@ -82,6 +127,7 @@ pub struct HealthProbe {
     /// Set by the gateway while it accepts connections.
     pub api_listening: Arc<AtomicBool>,
     pub timeout: Duration,
+    pub slow: SlowStreaks,
 }
 
 impl HealthProbe {
@@ -121,32 +167,26 @@ impl HealthProbe {
     ) -> BoxFuture<'a, (String, Check)> {
         Box::pin(async move {
             let started = Instant::now();
-            let outcome = tokio::time::timeout(self.timeout, check).await;
-            let latency_ms = started.elapsed().as_millis() as u64;
-            let check = match outcome {
-                Ok(Ok(())) => Check::healthy(latency_ms),
-                Ok(Err(failure)) => {
-                    let failure = failure.into();
-                    Check {
-                        state: failure.state,
-                        reason: Some(failure.reason),
-                        latency_ms,
-                    }
-                }
-                Err(_) => Check::unhealthy(
-                    format!("no answer within {} ms", self.timeout.as_millis()),
-                    latency_ms,
-                ),
+            let outcome = match tokio::time::timeout(self.timeout, check).await {
+                Ok(outcome) => outcome.map_err(Into::into),
+                Err(_) => Err(CheckFailure::slow(format!(
+                    "no answer within {} ms",
+                    self.timeout.as_millis()
+                ))),
             };
+            let latency_ms = started.elapsed().as_millis() as u64;
+            let streak = self
+                .slow
+                .note(component, outcome.as_ref().is_err_and(|f| f.slow));
+            let check = judge(outcome, streak, latency_ms);
             (component.to_string(), check)
         })
     }
 
-    async fn ping<M: Pingable>(&self, service: &'static str) -> Result<(), String> {
+    async fn ping<M: Pingable>(&self, service: &'static str) -> Result<(), CallError> {
         self.directory
             .call::<M, (), _>(service, M::ping, self.timeout)
             .await
-            .map_err(|e| e.to_string())
     }
 
     async fn api(&self) -> Result<(), String> {
@@ -183,8 +223,7 @@ impl HealthProbe {
     async fn broker(&self) -> Result<(), CheckFailure> {
         self.directory
             .call::<EventBusMessage, _, _>(names::EVENT_BUS, EventBusMessage::Ping, self.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let Some(bridge) = &self.bridge else {
             return Ok(());
         };
@@ -200,6 +239,31 @@ impl HealthProbe {
                 .unwrap_or("redis bridge not connected"),
             status.outbox
         )))
+    }
+}
+
+/// A check's result: a slow answer is degraded until its streak reaches
+/// [`SLOW_ROUNDS_UNHEALTHY`].
+fn judge(outcome: Result<(), CheckFailure>, streak: u32, latency_ms: u64) -> Check {
+    match outcome {
+        Ok(()) => Check::healthy(latency_ms),
+        Err(failure) if failure.slow => Check {
+            state: if streak >= SLOW_ROUNDS_UNHEALTHY {
+                HealthState::Unhealthy
+            } else {
+                HealthState::Degraded
+            },
+            reason: Some(format!(
+                "{} ({streak} round(s) in a row; unhealthy at {SLOW_ROUNDS_UNHEALTHY})",
+                failure.reason
+            )),
+            latency_ms,
+        },
+        Err(failure) => Check {
+            state: failure.state,
+            reason: Some(failure.reason),
+            latency_ms,
+        },
     }
 }
 
@@ -234,8 +298,13 @@ pub enum MonitoringServiceMessage {
     Latest(RpcReplyPort<Option<HealthReport>>),
     /// Internal: time for the periodic round.
     Tick,
-    /// Internal: a finished round, with the data directory's free share.
-    Report(Box<HealthReport>, Option<f64>),
+    /// Internal: a finished round, with the data directory's free share, and the `CheckNow`
+    /// that asked for it.
+    Report {
+        report: Box<HealthReport>,
+        free: Option<f64>,
+        reply: Option<RpcReplyPort<HealthReport>>,
+    },
 }
 
 impl Pingable for MonitoringServiceMessage {
@@ -303,15 +372,18 @@ impl MonitoringServiceState {
             tokio::select! {
                 _ = cancelled.cancelled() => {}
                 report = probe.run() => {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(report.clone());
-                    }
                     let dir = probe.data_dir.clone();
                     let free = tokio::task::spawn_blocking(move || free_share(&dir))
                         .await
                         .ok()
                         .flatten();
-                    let _ = myself.cast(MonitoringServiceMessage::Report(Box::new(report), free));
+                    // The reply waits until the actor has recorded the round: a `/health` after
+                    // a fresh one answers from it.
+                    let _ = myself.cast(MonitoringServiceMessage::Report {
+                        report: Box::new(report),
+                        free,
+                        reply,
+                    });
                 }
             }
         });
@@ -639,9 +711,17 @@ impl Actor for MonitoringService {
             MonitoringServiceMessage::Latest(reply) => {
                 let _ = reply.send(state.latest.clone());
             }
-            MonitoringServiceMessage::Report(report, free) => {
+            MonitoringServiceMessage::Report {
+                report,
+                free,
+                reply,
+            } => {
+                let answer = reply.map(|reply| (reply, (*report).clone()));
                 state.record(*report);
                 state.evaluate(free);
+                if let Some((reply, report)) = answer {
+                    let _ = reply.send(report);
+                }
             }
             MonitoringServiceMessage::Observed(envelope) => {
                 state.observe_alert(&envelope);
@@ -662,5 +742,63 @@ impl Actor for MonitoringService {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slow() -> Result<(), CheckFailure> {
+        Err(CallError::Timeout {
+            service: names::TRAINING_SERVICE,
+            timeout_ms: 1000,
+        }
+        .into())
+    }
+
+    #[test]
+    fn a_service_too_slow_to_answer_is_degraded_until_it_stays_silent() {
+        let streaks = SlowStreaks::default();
+        let mut states = Vec::new();
+        for _ in 0..SLOW_ROUNDS_UNHEALTHY + 1 {
+            let streak = streaks.note("training", true);
+            states.push(judge(slow(), streak, 1000).state);
+        }
+        assert_eq!(
+            states,
+            [
+                HealthState::Degraded,
+                HealthState::Degraded,
+                HealthState::Unhealthy,
+                HealthState::Unhealthy
+            ]
+        );
+        let check = judge(slow(), 3, 1000);
+        assert!(
+            check
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("3 round(s) in a row"),
+            "{:?}",
+            check.reason
+        );
+        // One answer in time ends the streak; another component's streak is its own.
+        assert_eq!(streaks.note("model", true), 1);
+        assert_eq!(streaks.note("training", false), 0);
+        assert_eq!(streaks.note("training", true), 1);
+        assert_eq!(streaks.note("model", true), 2);
+    }
+
+    #[test]
+    fn a_service_that_is_gone_is_unhealthy_at_once() {
+        let gone: CheckFailure = CallError::Unavailable {
+            service: names::TRAINING_SERVICE,
+        }
+        .into();
+        assert_eq!(judge(Err(gone), 0, 0).state, HealthState::Unhealthy);
+        let failed: CheckFailure = String::from("disk full").into();
+        assert_eq!(judge(Err(failed), 0, 0).state, HealthState::Unhealthy);
     }
 }
