@@ -178,10 +178,13 @@ impl JobWorker {
         let thread = std::thread::Builder::new()
             .name(format!("job-{}", &job_id.simple().to_string()[..8]))
             .spawn(move || {
+                // Dropped on this thread once the run and all it trained with are gone.
+                let heap = grokforge_training_core::allocator::TrainingHeap::enter();
                 let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     execute(run, flag, &report)
-                }))
-                .unwrap_or_else(|panic| {
+                }));
+                drop(heap);
+                let outcome = outcome.unwrap_or_else(|panic| {
                     Err(RunFailure::retryable(format!(
                         "training panicked: {}",
                         panic_text(&panic)
