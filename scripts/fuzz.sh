@@ -70,9 +70,9 @@ echo "|---|---:|---:|---:|---:|---|"
 failed=0
 for target in "${targets[@]}"; do
   log="$logs/$target.log"
-  executed=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
-  rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
-  per_second=$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
+  executed=$(grep -ao 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  rss=$(grep -ao 'stat::peak_rss_mb: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
+  per_second=$(grep -ao 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo "?")
   entries=$(find "$corpus_root/$target" -type f | wc -l)
   status=$(cat "$logs/$target.status")
   if [[ $status == 0 ]]; then

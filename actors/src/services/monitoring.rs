@@ -93,7 +93,8 @@ impl From<CallError> for CheckFailure {
 /// A service that stays silent is hung.
 pub const SLOW_ROUNDS_UNHEALTHY: u32 = 3;
 
-/// How many rounds in a row each component has been too slow, shared by every round.
+/// How many rounds in a row each component has been too slow, shared by every round: the
+/// periodic ones and the fresh ones (`?fresh=true`, `/ready`) alike.
 #[derive(Clone, Default)]
 pub struct SlowStreaks(Arc<std::sync::Mutex<BTreeMap<&'static str, u32>>>);
 
