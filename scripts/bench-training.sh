@@ -6,7 +6,8 @@
 #   2. throughput, flex: the pure-Rust backend on the same sizes (no PyTorch: step 1 has it);
 #      and, when asked for (`--only ...,ndarray`), burn's other pure-Rust backend, ndarray,
 #      with the flex stage's rounds and filters, for the choice between the two;
-#   3. grokking:         steps and wall time to 95 % validation accuracy, four configs × seeds;
+#   3. grokking:         steps and wall time to 95 % validation accuracy, five configs × seeds
+#                        (the Grokfast paper's table: --paper-table);
 #
 # then merges the results into $OUT/summary.md, the body of BENCHMARKS.md's "Training core"
 # section. Every run's full output is kept in $OUT.
@@ -31,10 +32,15 @@
 #     --ma-window N         MA window in the throughput bench (default 100, the paper's)
 #     --pytorch-filters L   filters PyTorch runs too (default none; ema,ma add the paper's code)
 #     --flex-filters LIST   filters the flex (and ndarray) run measures (default none)
-#     --seeds LIST          grokking seeds (default 0,1,2)
-#     --baseline-cap N      grokking step cap of baseline / baseline-wd (default 20000)
+#     --seeds LIST          grokking seeds (default 0,1,2,3,4)
+#     --baseline-cap N      grokking step cap of the three baselines (default 20000)
 #     --grokfast-cap N      grokking step cap of EMA / MA (default 5000)
-#     --configs LIST        grokking configs (default baseline,ema,ma,baseline-wd)
+#     --configs LIST        grokking configs (default ema,ma,baseline,baseline-wd005,baseline-wd01:
+#                           the filters, the paper's baseline with wd 0, the fair baselines with
+#                           the filters' own weight decay)
+#     --paper-table         the paper's table: only the grokking stage, every config, seeds 0-4
+#                           (the same as --only grokking with the defaults above; combine with
+#                           --baseline-cap to state a budget)
 #     --only STAGES         stages to run, of tch,flex,ndarray,grokking (default tch,flex,grokking)
 #     --estimate            print the runtime estimate and exit
 #     --no-wait             do not wait for the load average to drop before each stage
@@ -62,10 +68,10 @@ ma_window=100
 filters=none,ema,ma
 pytorch_filters=none
 flex_filters=none
-seeds=0,1,2
+seeds=0,1,2,3,4
 baseline_cap=20000
 grokfast_cap=5000
-configs=baseline,ema,ma,baseline-wd
+configs=ema,ma,baseline,baseline-wd005,baseline-wd01
 only=tch,flex,grokking
 estimate_only=0
 wait_idle=1
@@ -89,6 +95,7 @@ while [[ $# -gt 0 ]]; do
     --grokfast-cap) grokfast_cap="$2"; shift 2 ;;
     --configs) configs="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --paper-table) only=grokking; shift ;;
     --estimate) estimate_only=1; shift ;;
     --no-wait) wait_idle=0; shift ;;
     --profile) profile=(--profile "$2"); shift 2 ;;

@@ -6,7 +6,9 @@
 #   scripts/fuzz.sh [TARGET...]      GROKFORGE_FUZZ_RUNS executions each (default 10,000,000),
 #                                    stopping at GROKFORGE_FUZZ_TARGET_SECONDS (default 3600)
 #                                    whichever comes first; GROKFORGE_FUZZ_JOBS targets at a time
-#                                    (default: cores)
+#                                    (default: cores); GROKFORGE_FUZZ_SANITIZER address (default)
+#                                    or none (no sanitizer: 2-4x the executions; our parsers are
+#                                    safe Rust, so a panic or an overflow is what is looked for)
 #
 # Needs the nightly toolchain; installs cargo-fuzz (crates.io) when missing. The working corpus
 # grows under ~/.cache/grokforge/fuzz-corpus/<target> (kept between runs, never committed); the
@@ -19,6 +21,7 @@ cd "$(dirname "$0")/.."
 runs=${GROKFORGE_FUZZ_RUNS:-10000000}
 seconds=${GROKFORGE_FUZZ_TARGET_SECONDS:-3600}
 jobs=${GROKFORGE_FUZZ_JOBS:-$(nproc)}
+sanitizer=${GROKFORGE_FUZZ_SANITIZER:-address}
 corpus_root=${GROKFORGE_FUZZ_CORPUS:-${XDG_CACHE_HOME:-$HOME/.cache}/grokforge/fuzz-corpus}
 # Its own target dir: sanitizer builds share nothing with the main build.
 export CARGO_TARGET_DIR=${GROKFORGE_FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/grokforge/fuzz-target}
@@ -37,9 +40,9 @@ else
   mapfile -t targets < <(cargo +nightly fuzz list --fuzz-dir fuzz)
 fi
 
-# One build for all targets (address sanitizer, debug assertions, optimised; cargo-fuzz 0.13
+# One build for all targets (the sanitizer, debug assertions, optimised; cargo-fuzz 0.13
 # strips dead code, so the tensor backend no target reaches is not generated whole).
-build_flags="--fuzz-dir fuzz -O --debug-assertions"
+build_flags="--fuzz-dir fuzz -O --debug-assertions --sanitizer $sanitizer"
 # shellcheck disable=SC2086 # the flags are words
 if [[ $# -gt 0 ]]; then
   for target in "${targets[@]}"; do nice -n 19 cargo +nightly fuzz build $build_flags "$target" >&2; done

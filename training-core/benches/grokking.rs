@@ -1,8 +1,10 @@
 //! Time to grok: optimizer steps and wall time until 95 % validation accuracy on x·y mod 97 with
-//! the Grokfast paper's settings, for the baseline, Grokfast-EMA, Grokfast-MA and the baseline
-//! with weight decay, over several seeds. Run on an idle machine (see `benches/README.md`):
+//! the Grokfast paper's settings, for Grokfast-EMA, Grokfast-MA, the paper's baseline and the
+//! fair baselines (no filter, the filter's own weight decay), over several seeds: the paper's
+//! table, with medians and ranges. Run on an idle machine (see `benches/README.md`):
 //!
 //! ```text
+//! scripts/bench-training.sh --paper-table            # five seeds, every config
 //! cargo bench -p grokforge-training-core --bench grokking
 //! ```
 //!
@@ -11,24 +13,28 @@
 //! (0.9, 0.98), L2 weight decay), batch 512 with the short last batch of each epoch kept, a 10-step
 //! linear learning-rate warm-up, validation after every epoch. The configurations:
 //!
-//! | config        | filter                      | weight decay |
-//! |---------------|-----------------------------|--------------|
-//! | `baseline`    | none                        | 0            |
-//! | `ema`         | EMA, α 0.98, λ 2            | 0.005        |
-//! | `ma`          | MA, window 100, λ 5 (mean)  | 0.01         |
-//! | `baseline-wd` | none                        | 0.005        |
+//! | config           | filter                      | weight decay | compared with            |
+//! |------------------|-----------------------------|--------------|--------------------------|
+//! | `ema`            | EMA, α 0.98, λ 2            | 0.005        | `baseline`, `baseline-wd005` |
+//! | `ma`             | MA, window 100, λ 5 (mean)  | 0.01         | `baseline`, `baseline-wd01`  |
+//! | `baseline`       | none (the paper's baseline) | 0            |                          |
+//! | `baseline-wd005` | none (EMA's fair baseline)  | 0.005        |                          |
+//! | `baseline-wd01`  | none (MA's fair baseline)   | 0.01         |                          |
 //!
 //! A run stops at the first validation with accuracy ≥ the target, or at its step cap; a capped
-//! run is reported as such and its steps count as a lower bound in the medians. The wall time
-//! covers everything the run does (model initialisation, training, the per-epoch validations).
+//! run is reported as such, its steps count as a lower bound in the medians, and a speed-up over
+//! a capped baseline is a lower bound too. The wall time covers everything the run does (model
+//! initialisation, training, the per-epoch validations).
 //!
-//! Knobs (environment): `GROKFORGE_BENCH_CONFIGS` (`baseline,ema,ma,baseline-wd`),
-//! `GROKFORGE_BENCH_SEEDS` (`0,1,2`; the seed also draws the split), `GROKFORGE_BENCH_BASELINE_CAP`
-//! (20000 steps), `GROKFORGE_BENCH_GROKFAST_CAP` (5000), `GROKFORGE_BENCH_TARGET` (0.95),
-//! `GROKFORGE_BENCH_GROKKING_THREADS` (LibTorch threads; default the logical CPUs).
+//! Knobs (environment): `GROKFORGE_BENCH_CONFIGS` (`ema,ma,baseline,baseline-wd005,baseline-wd01`),
+//! `GROKFORGE_BENCH_SEEDS` (`0,1,2,3,4`; the seed also draws the split),
+//! `GROKFORGE_BENCH_BASELINE_CAP` (20000 steps), `GROKFORGE_BENCH_GROKFAST_CAP` (5000),
+//! `GROKFORGE_BENCH_TARGET` (0.95), `GROKFORGE_BENCH_GROKKING_THREADS` (LibTorch threads; default
+//! the logical CPUs).
 //!
 //! Output: one JSON line per run (`{"bench": "grokking", ...}`), progress on stderr, and a
-//! Markdown summary: median over seeds per config and the speed-ups in steps.
+//! Markdown summary: per config the median and range over seeds beside the paper's figure, the
+//! filters' speed-ups against both baselines in steps and in wall time, and every run by seed.
 
 mod common;
 
@@ -64,8 +70,11 @@ struct Settings {
 impl Settings {
     fn from_env() -> Result<Self, String> {
         let settings = Settings {
-            configs: env_list("GROKFORGE_BENCH_CONFIGS", "baseline,ema,ma,baseline-wd")?,
-            seeds: env_list("GROKFORGE_BENCH_SEEDS", "0,1,2")?,
+            configs: env_list(
+                "GROKFORGE_BENCH_CONFIGS",
+                "ema,ma,baseline,baseline-wd005,baseline-wd01",
+            )?,
+            seeds: env_list("GROKFORGE_BENCH_SEEDS", "0,1,2,3,4")?,
             baseline_cap: env_value("GROKFORGE_BENCH_BASELINE_CAP", 20_000)?,
             grokfast_cap: env_value("GROKFORGE_BENCH_GROKFAST_CAP", 5_000)?,
             target: env_value("GROKFORGE_BENCH_TARGET", 0.95)?,
@@ -96,10 +105,12 @@ impl Settings {
 #[derive(Debug, Clone)]
 struct RunResult {
     config: Config,
+    seed: u64,
     /// The step of the validation that reached the target, or the cap.
     steps: u64,
     reached: bool,
     seconds: f64,
+    final_val_acc: Option<f64>,
 }
 
 fn main() {
@@ -209,9 +220,11 @@ fn run_one(
     }
     Ok(RunResult {
         config,
+        seed,
         steps,
         reached,
         seconds,
+        final_val_acc,
     })
 }
 
@@ -287,6 +300,25 @@ impl Bounded {
     }
 }
 
+/// `min–max` of values of which some are lower bounds (capped runs); a bound is marked `≥`.
+fn range(values: &[(f64, bool)], decimals: usize) -> String {
+    let show = |v: &(f64, bool)| {
+        let sign = if v.1 { "≥ " } else { "" };
+        format!("{sign}{:.*}", decimals, v.0)
+    };
+    let lowest = values
+        .iter()
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+    let highest = values
+        .iter()
+        .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    match (lowest, highest) {
+        (Some(lo), Some(hi)) if show(lo) == show(hi) => show(lo),
+        (Some(lo), Some(hi)) => format!("{}–{}", show(lo), show(hi)),
+        _ => "–".to_string(),
+    }
+}
+
 /// `reference ÷ faster` with what the bounds allow to say.
 fn speedup(reference: Option<Bounded>, faster: Option<Bounded>) -> String {
     let (Some(reference), Some(faster)) = (reference, faster) else {
@@ -305,41 +337,38 @@ fn print_summary(settings: &Settings, results: &[RunResult], backend: &str) {
     let of = |config: Config| -> Vec<&RunResult> {
         results.iter().filter(|r| r.config == config).collect()
     };
-    let steps_median = |config: Config| {
-        let runs = of(config);
-        Bounded::median(
-            &runs
-                .iter()
-                .map(|r| (r.steps as f64, !r.reached))
-                .collect::<Vec<_>>(),
-        )
+    let steps_of = |config: Config| -> Vec<(f64, bool)> {
+        of(config)
+            .iter()
+            .map(|r| (r.steps as f64, !r.reached))
+            .collect()
     };
-    let baseline = steps_median(Config::Baseline);
-    let baseline_wd = steps_median(Config::BaselineWd);
+    let seconds_of = |config: Config| -> Vec<(f64, bool)> {
+        of(config).iter().map(|r| (r.seconds, !r.reached)).collect()
+    };
+    let steps_median = |config: Config| Bounded::median(&steps_of(config));
+    let wall_median = |config: Config| Bounded::median(&seconds_of(config));
+    let ran: Vec<Config> = settings
+        .configs
+        .iter()
+        .copied()
+        .filter(|&config| !of(config).is_empty())
+        .collect();
 
     println!(
-        "\n## Steps to {:.0} % validation accuracy, x·y mod 97 ({backend}, batch 512, seeds {:?})",
+        "\n## Steps to {:.0} % validation accuracy, x·y mod 97 ({backend}, batch 512, {} thread(s), seeds {:?})",
         settings.target * 100.0,
+        settings.threads,
         settings.seeds
     );
     println!();
     println!(
-        "| config | settings | reached | median steps | median wall s | steps/s | speed-up vs baseline | vs baseline-wd |"
+        "| config | settings | reached | steps: median (range) | wall s: median (range) | steps/s | the paper: steps |"
     );
-    println!("|:--|:--|--:|--:|--:|--:|--:|--:|");
-    for &config in &settings.configs {
+    println!("|:--|:--|--:|--:|--:|--:|--:|");
+    for &config in &ran {
         let runs = of(config);
-        if runs.is_empty() {
-            continue;
-        }
         let reached = runs.iter().filter(|r| r.reached).count();
-        let steps = steps_median(config);
-        let wall = Bounded::median(
-            &runs
-                .iter()
-                .map(|r| (r.seconds, !r.reached))
-                .collect::<Vec<_>>(),
-        );
         let rate = median(
             &runs
                 .iter()
@@ -347,19 +376,88 @@ fn print_summary(settings: &Settings, results: &[RunResult], backend: &str) {
                 .collect::<Vec<_>>(),
         );
         println!(
-            "| {} | {} | {reached}/{} (cap {}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {reached}/{} (cap {}) | {} ({}) | {} ({}) | {} | {} |",
             config.name(),
             config.describe(),
             runs.len(),
             settings.cap(config),
-            steps.map_or("–".into(), |s| s.show(0)),
-            wall.map_or("–".into(), |w| w.show(1)),
+            steps_median(config).map_or("–".into(), |s| s.show(0)),
+            range(&steps_of(config), 0),
+            wall_median(config).map_or("–".into(), |w| w.show(1)),
+            range(&seconds_of(config), 1),
             rate.map_or("–".into(), |r| format!("{r:.1}")),
-            speedup(baseline, steps),
-            speedup(baseline_wd, steps),
+            config
+                .paper_steps()
+                .map_or("–".into(), |steps| steps.to_string()),
         );
     }
 
+    let filters: Vec<Config> = ran.iter().copied().filter(|c| c.is_grokfast()).collect();
+    if !filters.is_empty() {
+        println!(
+            "\n### Speed-ups of the filters: the baseline's median over the filter's (≥: the baseline was capped)"
+        );
+        println!();
+        println!(
+            "| filter | steps vs the paper's baseline (wd 0) | steps vs the fair baseline (same wd) | wall time vs the paper's baseline | wall time vs the fair baseline | the paper, steps vs its baseline |"
+        );
+        println!("|:--|--:|--:|--:|--:|--:|");
+        for config in filters {
+            let fair = config.fair_baseline();
+            let paper = match (Config::Baseline.paper_steps(), config.paper_steps()) {
+                (Some(baseline), Some(filter)) => {
+                    format!("{:.1}×", baseline as f64 / filter as f64)
+                }
+                _ => "–".into(),
+            };
+            println!(
+                "| {} ({}) | {} | {} | {} | {} | {paper} |",
+                config.name(),
+                config.describe(),
+                speedup(steps_median(Config::Baseline), steps_median(config)),
+                fair.map_or("–".into(), |fair| speedup(
+                    steps_median(fair),
+                    steps_median(config)
+                )),
+                speedup(wall_median(Config::Baseline), wall_median(config)),
+                fair.map_or("–".into(), |fair| speedup(
+                    wall_median(fair),
+                    wall_median(config)
+                )),
+            );
+        }
+    }
+
+    println!(
+        "\n### Every run: steps to {:.0} % (or the cap, with the validation accuracy there), wall s",
+        settings.target * 100.0
+    );
+    println!();
+    let header: Vec<&str> = ran.iter().map(|c| c.name()).collect();
+    println!("| seed | {} |", header.join(" | "));
+    println!("|--:|{}", "--:|".repeat(ran.len()));
+    for &seed in &settings.seeds {
+        let cells: Vec<String> = ran
+            .iter()
+            .map(|&config| {
+                let Some(run) = results
+                    .iter()
+                    .find(|r| r.config == config && r.seed == seed)
+                else {
+                    return "–".to_string();
+                };
+                if run.reached {
+                    format!("{}, {:.1} s", run.steps, run.seconds)
+                } else {
+                    let acc = run
+                        .final_val_acc
+                        .map_or("–".to_string(), |a| format!("{a:.3}"));
+                    format!("≥ {} (val acc {acc}), {:.1} s", run.steps, run.seconds)
+                }
+            })
+            .collect();
+        println!("| {seed} | {} |", cells.join(" | "));
+    }
     let ema = of(Config::Ema);
     if !ema.is_empty() {
         let all_reached = ema.iter().all(|r| r.reached);

@@ -13,7 +13,7 @@
 //! how far apart the final weights are, and the validation accuracy of all three side by side.
 //! The short test of the same comparison is `tests/pytorch_trajectory.rs`.
 //!
-//! Knobs (environment): `GROKFORGE_BENCH_CONFIGS` (`baseline,ema,ma`; also `baseline-wd`),
+//! Knobs (environment): `GROKFORGE_BENCH_CONFIGS` (`baseline,ema,ma`; also `baseline-wd005`, `baseline-wd01`),
 //! `GROKFORGE_BENCH_SEEDS` (`2`), `GROKFORGE_BENCH_STEPS` (300), `GROKFORGE_BENCH_DTYPES`
 //! (`float32,float64`: PyTorch's runs; float64 roughly doubles PyTorch's time),
 //! `GROKFORGE_BENCH_TARGET` (stop at this validation accuracy; default: run every step),
