@@ -380,12 +380,29 @@ impl Tokenizer {
             #[cfg(feature = "hf-tokenizer")]
             TokenizerKind::Json { path } => {
                 let bytes = fs::read(path).map_err(|e| Error::io("reading tokenizer", path, e))?;
-                let tokenizer =
-                    tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::DataFile {
+                // tokenizers 0.22 panics (`expect("Helper")` in its decoder's deserializer) on a
+                // JSON syntax error inside `"decoder"` (found by `fuzz/`, target
+                // `tokenizer_json`): the file is parsed as JSON first, so such a file is this
+                // error. A full parse, as the library's own: `IgnoredAny` skips strings without
+                // checking their UTF-8, which the library's parse then refuses with the panic.
+                serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+                    Error::DataFile {
                         path: path.clone(),
-                        line: 1,
-                        reason: format!("not a usable tokenizer.json: {e}"),
-                    })?;
+                        line: e.line().max(1),
+                        reason: format!("not a usable tokenizer.json: not JSON: {e}"),
+                    }
+                })?;
+                // Any other panic of the library over a file it cannot read is an error of
+                // that file, never a crash of the node.
+                let unusable = |reason: String| Error::DataFile {
+                    path: path.clone(),
+                    line: 1,
+                    reason: format!("not a usable tokenizer.json: {reason}"),
+                };
+                let tokenizer =
+                    std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes))
+                        .map_err(|_| unusable("the tokenizers library could not read it".into()))?
+                        .map_err(|e| unusable(e.to_string()))?;
                 let end_of_text = ["</s>", "<|endoftext|>", "<eos>", "[SEP]"]
                     .iter()
                     .find_map(|token| tokenizer.token_to_id(token));
@@ -594,6 +611,35 @@ mod tests {
             Dataset::prepare(&source, &options(None)),
             Err(Error::DataFile { line: 3, .. })
         ));
+    }
+
+    /// tokenizers 0.22 panics on a syntax error inside `"decoder"`: the crash `fuzz/` found
+    /// (`fuzz/regressions/tokenizer_json/`) is a clear error of the file.
+    #[cfg(feature = "hf-tokenizer")]
+    #[test]
+    fn a_syntax_error_in_the_decoder_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokenizer = dir.path().join("tokenizer.json");
+        fs::write(
+            &tokenizer,
+            "{\"version\": \"1.0\", \"added_tokens\": [],\n \"decoder\": \u{1}nul,\n \"model\": {}}",
+        )
+        .unwrap();
+        let error = inspect_tokenizer(&tokenizer).unwrap_err();
+        let Error::DataFile { line, reason, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(*line, 2, "{error}");
+        assert!(reason.contains("not JSON"), "{error}");
+        // Bytes that are not UTF-8 in a string: what a syntax check that skips strings passes
+        // and the library's parse refuses (with the panic).
+        fs::write(
+            &tokenizer,
+            b"{\"version\": \"1.0\", \"decoder\": {\"\x82\x82type\": \"Whitespace\"}, \"model\": {}}",
+        )
+        .unwrap();
+        let error = inspect_tokenizer(&tokenizer).unwrap_err();
+        assert!(error.to_string().contains("not JSON"), "{error}");
     }
 
     #[cfg(feature = "hf-tokenizer")]
