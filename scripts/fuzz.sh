@@ -7,8 +7,9 @@
 #                                    stopping at GROKFORGE_FUZZ_TARGET_SECONDS (default 3600)
 #                                    whichever comes first; GROKFORGE_FUZZ_JOBS targets at a time
 #                                    (default: cores); GROKFORGE_FUZZ_SANITIZER address (default)
-#                                    or none (no sanitizer: 2-4x the executions; our parsers are
-#                                    safe Rust, so a panic or an overflow is what is looked for)
+#                                    or none (no sanitizer: 8-23x the executions a second here;
+#                                    our parsers are safe Rust, so a panic, an overflow, a hang or
+#                                    unbounded memory is what is looked for)
 #
 # Needs the nightly toolchain; installs cargo-fuzz (crates.io) when missing. The working corpus
 # grows under ~/.cache/grokforge/fuzz-corpus/<target> (kept between runs, never committed); the
