@@ -276,8 +276,7 @@ struct Bounded {
 impl Bounded {
     fn median(values: &[(f64, bool)]) -> Option<Self> {
         let mut sorted = values.to_vec();
-        // Capped runs after finished ones of the same value: they would have gone on.
-        sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        sorted.sort_by(bounded_order);
         let n = sorted.len();
         if n == 0 {
             return None;
@@ -300,18 +299,20 @@ impl Bounded {
     }
 }
 
+/// The order of values of which some are lower bounds (`true`: a capped run): by value, and a
+/// capped run after a finished one of the same value, since it would have gone on.
+fn bounded_order(a: &(f64, bool), b: &(f64, bool)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+}
+
 /// `min–max` of values of which some are lower bounds (capped runs); a bound is marked `≥`.
 fn range(values: &[(f64, bool)], decimals: usize) -> String {
     let show = |v: &(f64, bool)| {
         let sign = if v.1 { "≥ " } else { "" };
         format!("{sign}{:.*}", decimals, v.0)
     };
-    let lowest = values
-        .iter()
-        .min_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
-    let highest = values
-        .iter()
-        .max_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let lowest = values.iter().min_by(|a, b| bounded_order(a, b));
+    let highest = values.iter().max_by(|a, b| bounded_order(a, b));
     match (lowest, highest) {
         (Some(lo), Some(hi)) if show(lo) == show(hi) => show(lo),
         (Some(lo), Some(hi)) => format!("{}–{}", show(lo), show(hi)),
